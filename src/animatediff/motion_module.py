@@ -1,0 +1,183 @@
+"""The AnimateDiff motion module (paper §4.2, Fig. 3): a temporal Transformer over the frame axis.
+
+Every spatial location of a feature map attends over the frames of the clip, independently of the
+other locations. Module and parameter names reproduce the official checkpoint keys
+(``down_blocks.{i}.motion_modules.{k}.temporal_transformer.transformer_blocks.0.attention_blocks.{j}...``)
+so the released ``mm_sd_v15*.ckpt`` / ``v3_sd15_mm.ckpt`` / ``mm_sdxl_v10_beta.ckpt`` files load strictly.
+
+Layout convention inside this file: the UNet hands us frames folded into the batch, ``(b f) c h w``;
+attention runs on sequences of frames, ``(b h w) f c``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from torch import nn
+
+from .presets import MotionModuleConfig
+
+
+def sinusoidal_position_encoding(max_len: int, dim: int) -> torch.Tensor:
+    """The Vaswani et al. sinusoid, ``(1, max_len, dim)``: sin on even channels, cos on odd ones."""
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+class PositionalEncoding(nn.Module):
+    """Adds the frame-index sinusoid. Recomputed, never loaded (the buffer is not persistent), so
+    ``max_len`` may exceed the length a checkpoint was trained with."""
+
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        self.register_buffer("pe", sinusoidal_position_encoding(max_len, dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
+        num_frames = x.shape[1]
+        if num_frames > self.pe.shape[1]:
+            raise ValueError(
+                f"{num_frames} frames exceed the motion module's position encoding length {self.pe.shape[1]}"
+            )
+        return x + self.pe[:, :num_frames].to(x.dtype)
+
+
+class VersatileAttention(nn.Module):
+    """Temporal self-attention over frames (the official class name, kept for the key names).
+
+    Why the PE sits here: the official code adds it to the LayerNorm output inside the attention, so it
+    reaches Q, K and V but never the residual stream."""
+
+    def __init__(self, dim: int, heads: int, max_len: int | None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])  # "to_out.0" as in the checkpoints
+        self.pos_encoder = PositionalEncoding(dim, max_len) if max_len else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
+        if self.pos_encoder is not None:
+            x = self.pos_encoder(x)
+        n, f, c = x.shape
+        # (b h w, f, c) -> (b h w, heads, f, c / heads)
+        q, k, v = (proj(x).view(n, f, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
+        out = out.transpose(1, 2).reshape(n, f, c)  # merge heads back
+        return self.to_out[1](self.to_out[0](out))
+
+
+class TemporalTransformerBlock(nn.Module):
+    """Pre-LayerNorm block: ``x += attn_j(norm_j(x))`` for each attention, then ``x += ff(ff_norm(x))``."""
+
+    def __init__(self, dim: int, heads: int, num_attention_blocks: int, max_len: int | None):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList(VersatileAttention(dim, heads, max_len) for _ in range(num_attention_blocks))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_attention_blocks))
+        self.ff = FeedForward(dim, dropout=0.0, activation_fn="geglu")  # net.0.proj (8C, C), net.2 (C, 4C)
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
+        for attention, norm in zip(self.attention_blocks, self.norms):
+            x = attention(norm(x)) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalTransformer3DModel(nn.Module):
+    """GroupNorm -> proj_in -> temporal transformer blocks -> proj_out, with a residual around it all."""
+
+    def __init__(self, channels: int, config: MotionModuleConfig):
+        super().__init__()
+        self.groupnorm_across_frames = config.motion_groupnorm_across_frames
+        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6, affine=True)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            TemporalTransformerBlock(channels, config.num_attention_heads, config.num_attention_blocks, config.position_encoding_length)
+            for _ in range(config.num_transformer_blocks)
+        )
+        self.proj_out = nn.Linear(channels, channels)
+        if config.zero_initialize:
+            # Why: a fresh module is then an identity map, so training starts from the image model (paper §4.2).
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
+
+    def _group_norm(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if not self.groupnorm_across_frames:
+            return self.norm(x)  # official SD1.5: statistics per frame, frames are in the batch
+        # SDXL beta (and diffusers' MotionAdapter): statistics pooled over all frames of a clip.
+        bf, c, h, w = x.shape
+        x = x.view(bf // num_frames, num_frames, c, h, w).transpose(1, 2)  # (b f) c h w -> b c f h w
+        x = self.norm(x)
+        return x.transpose(1, 2).reshape(bf, c, h, w)  # b c f h w -> (b f) c h w
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        bf, c, h, w = hidden_states.shape  # (b f) c h w
+        b = bf // num_frames
+        residual = hidden_states
+        x = self._group_norm(hidden_states, num_frames)
+        x = x.view(b, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, num_frames, c)  # -> (b h w) f c
+        x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x)
+        x = self.proj_out(x)
+        x = x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)  # -> (b f) c h w
+        return x + residual
+
+
+class VanillaTemporalModule(nn.Module):
+    """One motion module, ``motion_modules.{k}`` in the checkpoints."""
+
+    def __init__(self, channels: int, config: MotionModuleConfig):
+        super().__init__()
+        self.temporal_transformer = TemporalTransformer3DModel(channels, config)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return self.temporal_transformer(hidden_states, num_frames)
+
+
+class _BlockMotionModules(nn.Module):
+    """Holds ``motion_modules.{k}`` of one UNet block, so keys read ``down_blocks.{i}.motion_modules.{k}``."""
+
+    def __init__(self, channels: int, count: int, config: MotionModuleConfig):
+        super().__init__()
+        self.motion_modules = nn.ModuleList(VanillaTemporalModule(channels, config) for _ in range(count))
+
+
+class MotionModules(nn.Module):
+    """The full set of motion modules for one UNet; its ``state_dict()`` is exactly an official motion
+    module file (minus the ``pos_encoder.pe`` buffers, which are recomputed).
+
+    Placement (official ``unet_blocks.py``): ``layers_per_block`` modules in every down block, one more in
+    every up block, and (v2) one in the mid block.
+    """
+
+    def __init__(self, config: MotionModuleConfig):
+        super().__init__()
+        self.config = config
+        channels = config.block_out_channels
+        layers = config.layers_per_block
+        self.down_blocks = nn.ModuleList(_BlockMotionModules(c, layers, config) for c in channels)
+        self.mid_block = _BlockMotionModules(channels[-1], 1, config) if config.mid_block else None
+        self.up_blocks = nn.ModuleList(_BlockMotionModules(c, layers + 1, config) for c in reversed(channels))
+
+    def placements(self):
+        """Yield ``(block_kind, block_index, layer_index, module)`` for every motion module."""
+        for i, block in enumerate(self.down_blocks):
+            for k, module in enumerate(block.motion_modules):
+                yield "down", i, k, module
+        if self.mid_block is not None:
+            yield "mid", 0, 0, self.mid_block.motion_modules[0]
+        for i, block in enumerate(self.up_blocks):
+            for k, module in enumerate(block.motion_modules):
+                yield "up", i, k, module
+
+    @property
+    def max_frames(self) -> int | None:
+        return self.config.position_encoding_length
