@@ -1,0 +1,146 @@
+"""The small Python API: load components once, generate many times.
+
+    from animatediff import Animator
+    animator = Animator.load("path/to/sd15.safetensors", "mm_sd_v15_v2.ckpt")
+    animator.set_loras(loras=[("style.safetensors", 0.8)], motion_loras=[("v2_lora_ZoomIn.ckpt", 1.0)])
+    result = animator.generate("a corgi running on the beach", num_frames=16, seed=42)
+    animator.save(result, "corgi.gif")
+
+The command line and the web UI are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoints import file_sha256
+from .components import BaseModel
+from .errors import UserInputError
+from .loading import apply_domain_adapter, apply_lora, apply_motion_lora, load_base_model, load_motion_modules
+from .motion_module import MotionModules
+from .pipeline import AnimationPipeline, GenerationConfig, GenerationResult
+from .video_io import save_video
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class LoraSet:
+    """The add-on weights merged into the model for the next generations, each ``(path, scale)``."""
+
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    motion_loras: list[tuple[str, float]] = field(default_factory=list)
+    adapter: tuple[str, float] | None = None
+
+
+class Animator:
+    """A loaded base model + motion module set, with LoRAs that can be swapped between generations."""
+
+    def __init__(self, base: BaseModel, motion: MotionModules | None, sources: dict[str, str] | None = None):
+        self.base = base
+        self.motion = motion
+        self.pipeline = AnimationPipeline(base, motion)
+        self.sources = dict(sources or {})
+        self._handles: list = []
+        self.lora_set = LoraSet()
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        motion_module: str | None,
+        *,
+        motion_preset: str | None = None,
+        max_frames: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> "Animator":
+        """Load a base model (diffusers folder, cached repo id or single file) and a motion module file."""
+        base = load_base_model(model, dtype=dtype, device=device)
+        motion = None
+        if motion_module:
+            motion = load_motion_modules(motion_module, preset=motion_preset, max_frames=max_frames)
+            if motion.config.base != base.kind:
+                raise UserInputError(
+                    f"{motion_module}: a {motion.config.base.upper()} motion module ({motion.config.name}) "
+                    f"cannot animate the {base.kind.upper()} model {model}"
+                )
+            motion.to(device=device, dtype=dtype)
+        return cls(base, motion, sources={"model": model, "motion_module": motion_module or ""})
+
+    # ---- LoRAs -----------------------------------------------------------------------------------
+    def set_loras(
+        self,
+        loras: list[tuple[str, float]] = (),
+        motion_loras: list[tuple[str, float]] = (),
+        adapter: tuple[str, float] | None = None,
+    ) -> None:
+        """Unmerge whatever was merged before, then merge these (official order: LoRA, adapter, MotionLoRAs)."""
+        wanted = LoraSet(list(loras), list(motion_loras), adapter)
+        if wanted == self.lora_set:
+            return
+        self.clear_loras()
+        try:
+            for path, scale in wanted.loras:
+                self._handles.append(apply_lora(self.base, path, scale))
+            if wanted.adapter is not None:
+                self._handles.append(apply_domain_adapter(self.base.unet, *wanted.adapter))
+            if wanted.motion_loras and self.motion is None:
+                raise UserInputError("--motion-lora needs a motion module (--motion-module)")
+            for path, alpha in wanted.motion_loras:
+                self._handles.append(apply_motion_lora(self.motion, path, alpha))
+        except Exception:
+            self.clear_loras()  # never leave a half-merged model behind
+            raise
+        self.lora_set = wanted
+
+    def clear_loras(self) -> None:
+        for handle in reversed(self._handles):
+            handle.unmerge()
+        self._handles.clear()
+        self.lora_set = LoraSet()
+
+    # ---- generation ------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | GenerationConfig,
+        *,
+        latents: torch.Tensor | None = None,
+        progress: Progress | None = None,
+        **settings,
+    ) -> GenerationResult:
+        """Generate one clip; ``settings`` are ``GenerationConfig`` fields (num_frames, width, seed, ...)."""
+        config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **settings)
+        return self.pipeline.generate(config, latents=latents, progress=progress)
+
+    def metadata(self, result: GenerationResult, config: GenerationConfig, fps: int) -> dict:
+        """Everything needed to reproduce a clip: settings, files with hashes, seed."""
+        files = {name: {"path": path, "sha256": _hash_or_none(path)} for name, path in self.sources.items() if path}
+        return {
+            "generator": "animatediff",
+            "settings": {**dataclasses.asdict(config), "seed": result.seed, "fps": fps},
+            "motion_preset": self.motion.config.name if self.motion is not None else None,
+            "files": files,
+            "loras": [{"path": p, "scale": s, "sha256": _hash_or_none(p)} for p, s in self.lora_set.loras],
+            "motion_loras": [{"path": p, "alpha": s, "sha256": _hash_or_none(p)} for p, s in self.lora_set.motion_loras],
+            "adapter": None
+            if self.lora_set.adapter is None
+            else {"path": self.lora_set.adapter[0], "scale": self.lora_set.adapter[1], "sha256": _hash_or_none(self.lora_set.adapter[0])},
+        }
+
+    def save(self, result: GenerationResult, path: str | Path, fps: int = 8, config: GenerationConfig | None = None) -> Path:
+        """Write the clip (format from the extension) and its JSON sidecar, atomically."""
+        metadata = self.metadata(result, config, fps) if config is not None else None
+        return save_video(result.frames[0], path, fps=fps, metadata=metadata)
+
+
+def _hash_or_none(path: str) -> str | None:
+    return file_sha256(path) if Path(path).is_file() else None

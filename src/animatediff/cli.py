@@ -1,0 +1,211 @@
+"""The ``animatediff`` command line: a thin layer over ``api.Animator`` and the recipe readers.
+
+    animatediff generate "PROMPT" --model PATH --motion-module PATH [--lora F:S]... [--out clip.gif]
+    animatediff generate --config official_prompts.yaml --model PATH
+    animatediff inspect FILE...
+    animatediff train MODE --config recipe.yaml
+    animatediff eval CLIP...
+
+Bad input ends with one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserInputError
+
+logger = logging.getLogger("animatediff")
+
+VIDEO_SUFFIXES = {".gif", ".mp4", ".webp", ""}  # "" = a folder of PNG frames
+
+
+def parse_weighted(spec: str, option: str, default: float = 1.0) -> tuple[str, float]:
+    """``FILE[:SCALE]`` -> (file, scale). The scale is split off the last colon only when it parses as a
+    number, so Windows paths (``C:\\x.safetensors``) and names with colons still work."""
+    path, sep, tail = spec.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    if not spec:
+        raise UserInputError(f"{option}: empty value; expected FILE or FILE:SCALE")
+    return spec, default
+
+
+def _settings_from_flags(args: argparse.Namespace) -> dict:
+    """GenerationConfig fields the user gave explicitly (flags default to None so recipes can fill in)."""
+    mapping = {
+        "frames": "num_frames", "width": "width", "height": "height", "steps": "steps", "guidance": "guidance_scale",
+        "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
+    }
+    return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserInputError(f"--out {out}: unknown extension {out.suffix!r}; use .gif, .mp4, .webp or no extension for PNG frames")
+
+
+def _device_and_dtype(args):
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    return device, getattr(torch, dtype)
+
+
+def _progress_bar(steps: int, label: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, desc=label, unit="step", leave=False, file=sys.stderr, disable=None)
+
+    def update(step: int, total: int) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+        if step >= total:
+            bar.close()
+
+    return update
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .recipes import GenerateJob, load_official_recipe, slug
+
+    overrides = _settings_from_flags(args)
+    loras = [parse_weighted(s, "--lora") for s in args.lora]
+    motion_loras = [parse_weighted(s, "--motion-lora") for s in args.motion_lora]
+    adapter = parse_weighted(args.adapter, "--adapter") if args.adapter else None
+
+    if args.config:
+        if args.prompt:
+            raise UserInputError("give either a PROMPT or --config FILE.yaml, not both")
+        jobs = load_official_recipe(args.config, args.model, overrides)
+        out_dir = Path(args.out) if args.out else Path("outputs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        suffix = ".gif"
+        if out_dir.suffix:
+            raise UserInputError(f"--out {out_dir}: with --config, --out is a folder (one file per prompt)")
+        for i, job in enumerate(jobs):
+            job.loras += loras
+            job.motion_loras += motion_loras
+            job.adapter = adapter or job.adapter
+            job.out = out_dir / f"{i}-{slug(job.prompt)}{suffix}"
+    else:
+        if not args.prompt:
+            raise UserInputError("generate: give a PROMPT (or --config FILE.yaml)")
+        if not args.model:
+            raise UserInputError("--model: required (a diffusers folder, a cached repo id, or a .safetensors/.ckpt file)")
+        out = Path(args.out) if args.out else Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(args.prompt, 6)}.gif"
+        jobs = [
+            GenerateJob(model=args.model, motion_module=args.motion_module, prompt=args.prompt, negative_prompt=args.negative or "",
+                        loras=loras, motion_loras=motion_loras, adapter=adapter, settings=overrides, out=out)
+        ]
+    for job in jobs:
+        _check_out(job.out)
+        if job.motion_module is None:
+            logger.warning("no --motion-module: frames are generated independently (no motion)")
+    return _run_jobs(jobs, args)
+
+
+def _run_jobs(jobs, args) -> int:
+    from .api import Animator
+    from .pipeline import GenerationConfig
+
+    device, dtype = _device_and_dtype(args)
+    animator, loaded = None, None
+    for job in jobs:
+        key = (job.model, job.motion_module)
+        if key != loaded:
+            animator = None  # free the previous model before loading the next one
+            logger.info("loading %s + %s", job.model, job.motion_module or "no motion module")
+            animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset,
+                                     max_frames=args.max_frames, dtype=dtype, device=device)
+            loaded = key
+        animator.set_loras(job.loras, job.motion_loras, job.adapter)
+        config = GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings)
+        start = time.perf_counter()
+        result = animator.generate(config, progress=_progress_bar(config.steps, "denoising"))
+        path = animator.save(result, job.out, fps=args.fps, config=config)
+        logger.info("wrote %s (seed %d, %.1f s)", path, result.seed, time.perf_counter() - start)
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .formats import describe_file
+
+    for path in args.files:
+        print(describe_file(path).summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="animatediff", description="AnimateDiff: animate personalised Stable Diffusion models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text-to-video", description="Generate an animation from a prompt or an official prompt YAML.")
+    gen.add_argument("prompt", nargs="?", help="the prompt (omit with --config)")
+    gen.add_argument("--config", help="official AnimateDiff prompt-config YAML (configs/prompts/*.yaml)")
+    gen.add_argument("--model", help="base model: diffusers folder, cached Hugging Face repo id, or single-file .safetensors/.ckpt")
+    gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
+    gen.add_argument("--motion-preset", help="force the motion module preset (v1, v2, v3, sdxl-beta, animatelcm, lightning) instead of detecting it")
+    gen.add_argument("--max-frames", type=int, help="extend the (recomputed) position encoding to this many frames")
+    gen.add_argument("--negative", help="negative prompt")
+    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="community (kohya) LoRA, repeatable")
+    gen.add_argument("--motion-lora", action="append", default=[], metavar="FILE[:ALPHA]", help="MotionLoRA, repeatable")
+    gen.add_argument("--adapter", metavar="FILE[:SCALE]", help="v3 domain adapter LoRA")
+    gen.add_argument("--frames", type=int, help="num_frames (default 16)")
+    gen.add_argument("--width", type=int, help="default 512")
+    gen.add_argument("--height", type=int, help="default 512")
+    gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    gen.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded in the sidecar)")
+    gen.add_argument("--scheduler", help="ddim, euler, euler_a, dpm++2m, lcm")
+    gen.add_argument("--scheduler-preset", help="animatediff (default), sdxl-beta, lightning, animatelcm")
+    gen.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call")
+    gen.add_argument("--fps", type=int, default=8, help="frames per second of the output (default 8)")
+    gen.add_argument("--out", help="output: .gif (default), .mp4, .webp, or a path without extension for PNG frames")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    gen.set_defaults(func=run_generate)
+
+    ins = sub.add_parser("inspect", help="say what a model file is")
+    ins.add_argument("files", nargs="+")
+    ins.set_defaults(func=run_inspect)
+
+    for module, adder in (("animatediff.training.cli", "add_train_parser"), ("animatediff.evaluate", "add_eval_parser")):
+        try:
+            getattr(__import__(module, fromlist=[adder]), adder)(sub)
+        except (ImportError, AttributeError) as e:  # a subcommand whose module is absent stays unavailable
+            logger.debug("subcommand from %s unavailable: %s", module, e)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
