@@ -9,7 +9,6 @@ Precedence, one documented order: built-in defaults < recipe file < command-line
 from __future__ import annotations
 
 import logging
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +149,3 @@ def load_official_recipe(path: str | Path, model: str | None, overrides: dict[st
                     )
                 )
     return jobs
-
-
-def random_seed() -> int:
-    return random.SystemRandom().randrange(2**63)
