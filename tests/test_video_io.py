@@ -1,0 +1,116 @@
+"""Output writers: every format round-trips through read_frames, sidecars, atomic writes, bad paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from animatediff import video_io
+from animatediff.errors import UserInputError
+from animatediff.video_io import read_frames, save_video, sidecar_path
+
+NUM_FRAMES, H, W = 5, 48, 64
+
+
+def blocky_frames(seed: int = 0) -> np.ndarray:
+    """(f, H, W, 3) uint8 with few colours in 8x8 blocks: GIF's palette holds them exactly, codecs do well."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, size=(16, 3), dtype=np.uint8)
+    blocks = rng.integers(0, 16, size=(NUM_FRAMES, H // 8, W // 8))
+    return palette[blocks].repeat(8, axis=1).repeat(8, axis=2)
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("name, max_error", [("clip.gif", 0), ("clip.webp", 12), ("frames", 0), ("clip.mp4", 20)])
+def test_round_trip(tmp_path, name, max_error):
+    frames = blocky_frames()
+    out = save_video(frames, tmp_path / name, fps=8)
+    back = read_frames(out)
+    assert back.shape == frames.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - frames).mean() <= max_error
+    assert leftovers(tmp_path) == []
+
+
+def test_float_tensor_input_matches_uint8(tmp_path):
+    frames = blocky_frames()
+    as_float = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255  # f h w c -> c f h w
+    np.testing.assert_array_equal(read_frames(save_video(as_float, tmp_path / "a")), frames)
+    np.testing.assert_array_equal(read_frames(save_video(as_float[None], tmp_path / "b")), frames)
+
+
+def test_gif_loops_forever_at_fps(tmp_path):
+    from PIL import Image
+
+    out = save_video(blocky_frames(), tmp_path / "clip.gif", fps=8)
+    with Image.open(out) as image:
+        assert image.info["loop"] == 0 and image.n_frames == NUM_FRAMES
+        assert abs(image.info["duration"] - 125) <= 10  # GIF stores centiseconds: 125 ms is written as 120
+
+
+def test_mp4_is_h264_and_pads_odd_sizes(tmp_path):
+    import av
+
+    frames = blocky_frames()[:, :47, :63]
+    out = save_video(frames, tmp_path / "odd.mp4", fps=8)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert stream.average_rate == 8
+    assert read_frames(out).shape == (NUM_FRAMES, 48, 64, 3)
+
+
+@pytest.mark.parametrize("name", ["clip.gif", "frames"])
+def test_sidecar_records_settings(tmp_path, name):
+    settings = {"prompt": "a cat", "seed": 3, "path": tmp_path}  # a Path is written as a string
+    out = save_video(blocky_frames(), tmp_path / name, metadata=settings)
+    sidecar = sidecar_path(out)
+    assert sidecar == (out / "settings.json" if out.is_dir() else tmp_path / "clip.gif.json")
+    assert json.loads(sidecar.read_text()) == {"prompt": "a cat", "seed": 3, "path": str(tmp_path)}
+    assert len(read_frames(out)) == NUM_FRAMES  # the folder's sidecar is not read as a frame
+
+
+@pytest.mark.parametrize("name", ["clip.gif", "clip.mp4", "frames"])
+def test_failure_leaves_nothing_and_keeps_old_output(tmp_path, monkeypatch, name):
+    old = blocky_frames(seed=1)
+    out = save_video(old, tmp_path / name)
+    before = read_frames(out)
+
+    suffix = video_io.video_format(out)
+    real_writer = video_io._WRITERS[suffix]
+
+    def failing_writer(frames, tmp, fps):
+        real_writer(frames[:2], tmp, fps)  # part of the output is on disk ...
+        raise RuntimeError("disk full")  # ... when the write fails
+
+    monkeypatch.setitem(video_io._WRITERS, suffix, failing_writer)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_video(blocky_frames(seed=2), out, metadata={"seed": 2})
+    assert leftovers(tmp_path) == []
+    np.testing.assert_array_equal(read_frames(out), before)
+    assert not sidecar_path(out).exists()
+
+
+def test_overwrite_replaces_folder(tmp_path):
+    save_video(blocky_frames(seed=1), tmp_path / "frames")
+    new = blocky_frames(seed=2)[:3]
+    np.testing.assert_array_equal(read_frames(save_video(new, tmp_path / "frames")), new)
+    assert leftovers(tmp_path) == []
+
+
+def test_unknown_extension_names_out(tmp_path):
+    with pytest.raises(UserInputError, match=r"--out .*clip\.avi.*'\.avi'"):
+        save_video(blocky_frames(), tmp_path / "clip.avi")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_frame_shapes():
+    with pytest.raises(ValueError):
+        video_io.to_uint8_frames(torch.rand(4, 2, 8, 8))
+    with pytest.raises(ValueError, match="one clip"):
+        video_io.to_uint8_frames(torch.rand(2, 3, 2, 8, 8))
