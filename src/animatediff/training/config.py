@@ -1,0 +1,194 @@
+"""The training configuration: one flat, typed dataclass and its three layers of precedence.
+
+``defaults (this file) < recipe YAML < command-line overrides``. A recipe or override naming a key that
+is not a field below is an error, never silently ignored (the official repository's YAMLs overwrite each
+other and the CLI; we have one layer order and a closed key set).
+
+Official numerics (official-animatediff.md §5): linear betas 0.00085 -> 0.012 over 1000 steps, AdamW
+(0.9, 0.999, eps 1e-8, weight decay 1e-2), grad-norm clip 1.0, constant LR, 10% empty captions, 16 frames
+at stride 4, 256 px.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..components import package_data
+from ..errors import UserInputError
+from ..synthetic import CAMERA_MOVES
+
+MODES = ("image", "domain-adapter", "motion-module", "motion-lora")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "motion-module"
+    # ---- models -----------------------------------------------------------------------------------
+    base_model: str | None = None  # diffusers folder or single .safetensors/.ckpt file (SD1.5)
+    motion_module: str | None = None  # motion-module: optional init (finetune); motion-lora: required
+    motion_preset: str = "v3"  # architecture of a freshly initialised motion module set
+    domain_adapter: str | None = None  # motion-module / motion-lora: merged into the frozen UNet at scale 1
+    lora_rank: int = 64  # motion-lora (official ~64) and domain-adapter (official ~128)
+    lora_alpha: float | None = None  # LoRA scale = alpha / rank; None -> scale 1 (the official merge convention)
+    # ---- data ---------------------------------------------------------------------------------------
+    video_folder: str | None = None  # WebVid layout: {video_folder}/{videoid}.mp4
+    caption_file: str | None = None  # CSV (videoid,name | path,caption) or JSONL (path, caption)
+    image_folder: str | None = None  # image mode / domain adapter: images (+ optional same-name .txt captions)
+    num_frames: int = 16
+    stride: int = 4
+    size: int = 256
+    hflip: bool = False
+    caption_dropout: float = 0.1  # fraction of empty captions (classifier-free guidance)
+    camera_move: str | None = None  # motion-lora augmentation: one of CAMERA_MOVES
+    camera_move_strength: float = 0.25  # synthetic.camera_move's strength, in [0, 1)
+    num_workers: int = 2
+    # ---- optimisation -------------------------------------------------------------------------------
+    max_train_steps: int = 100_000
+    batch_size: int = 4  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate)
+    gradient_checkpointing: bool = False
+    # ---- noise schedule (official: "linear", not SD's "scaled_linear") -----------------------------------
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "linear"
+    # ---- outputs ------------------------------------------------------------------------------------
+    output_dir: str = "outputs/train"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3  # keep the newest N step checkpoints (None: keep all)
+    export_pos_encoding: bool = True  # write pos_encoder.pe buffers so release-era official loaders accept the file
+    log_every: int = 1
+    validation_steps: int = 0  # 0: no validation
+    validation_prompts: list[str] = field(default_factory=lambda: ["a dog running on the beach", "fireworks over a city at night"])
+    validation_seeds: list[int] = field(default_factory=lambda: [42])
+    validation_num_frames: int = 16
+    validation_size: int = 256
+    validation_inference_steps: int = 25
+    validation_guidance_scale: float = 8.0
+
+    def validate(self) -> None:
+        def bad(key: str, why: str):
+            raise UserInputError(f"--{key}: {why}")
+
+        if self.mode not in MODES:
+            bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode == "motion-lora" and not self.motion_module:
+            bad("motion_module", "motion-lora trains LoRA on an existing motion module; give its file")
+        if self.camera_move is not None and self.camera_move not in CAMERA_MOVES:
+            bad("camera_move", f"{self.camera_move!r} is not one of {', '.join(CAMERA_MOVES)}")
+        if not 1 <= self.lora_rank <= 1024:
+            bad("lora_rank", f"{self.lora_rank} is outside 1..1024")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            bad("mixed_precision", f"{self.mixed_precision!r} is not no, bf16 or fp16")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            bad("caption_dropout", f"{self.caption_dropout} is outside [0, 1]")
+        for key in ("num_frames", "stride", "size", "batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
+            if getattr(self, key) < 1:
+                bad(key, f"{getattr(self, key)} must be >= 1")
+        if self.image_folder is None and self.caption_file is None and self.video_folder is None:
+            bad("video_folder", "no training data given (video_folder/caption_file, or image_folder)")
+
+    @property
+    def lora_scale(self) -> float:
+        return 1.0 if self.lora_alpha is None else self.lora_alpha / self.lora_rank
+
+    @property
+    def frames_per_sample(self) -> int:
+        """Image objective (image, domain-adapter) trains on single frames; the others on clips."""
+        return 1 if self.mode in ("image", "domain-adapter") else self.num_frames
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def coerce(key: str, value, source: str):
+    """Check and convert one recipe/CLI value to the field's type (YAML reads ``1e-4`` as a string)."""
+    hint = _FIELD_TYPES[key]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise UserInputError(f"{source}: {key} may not be empty")
+    base = typing.get_origin(hint) or hint
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if origin is type(None):
+            continue
+        if origin is list:
+            if isinstance(value, list):
+                return value
+            continue
+        if origin is bool:
+            if isinstance(value, bool):
+                return value
+            continue
+        if origin is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserInputError(f"{source}: {key}={value!r} is not a valid {getattr(base, '__name__', hint)}")
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in package_data("recipes").glob("*.yaml"))
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe file path, or the name of a shipped recipe (``tiny-motion-module``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = package_data("recipes", f"{name_or_path.removesuffix('.yaml')}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise UserInputError(f"--config: {name_or_path} is neither a file nor a shipped recipe ({', '.join(shipped_recipes())})")
+
+
+def load_config(mode: str, recipe: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """defaults < recipe < overrides; unknown keys and mismatched modes are errors."""
+    values: dict = {"mode": mode}
+    names = {f.name for f in fields(TrainConfig)}
+    if recipe is not None:
+        path = resolve_recipe(recipe)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserInputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserInputError(f"{path}: a recipe must be a mapping of key: value")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserInputError(f"{path}: unknown key(s) {', '.join(unknown)}")
+        if data.get("mode", mode) != mode:
+            raise UserInputError(f"{path}: recipe is for mode {data['mode']!r}, not {mode!r}")
+        values.update({k: coerce(k, v, str(path)) for k, v in data.items()})
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise UserInputError(f"--{key}: unknown option")
+        values[key] = coerce(key, value, f"--{key}")
+    config = TrainConfig(**values)
+    config.validate()
+    return config
