@@ -177,7 +177,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def _load(self, item: Item, rng: random.Random) -> torch.Tensor:
         """uint8 ``(num_frames, h, w, 3)`` at the file's own resolution."""
         if item.path.suffix.lower() in IMAGE_SUFFIXES:
-            image = np.asarray(Image.open(item.path).convert("RGB"))
+            image = np.array(Image.open(item.path).convert("RGB"))
             return torch.from_numpy(image)[None].expand(self.num_frames, -1, -1, -1)
         return decode_frames(item.path, clip_indices(item.num_frames, self.num_frames, self.stride, rng))
 

@@ -1,0 +1,244 @@
+"""Training (issue 3) on tiny real configs and a few real MP4 files written with PyAV."""
+
+from __future__ import annotations
+
+import re
+import signal
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from animatediff.convert import motion_module_to_diffusers
+from animatediff.errors import UserInputError
+from animatediff.inflation import AnimateDiffUNet
+from animatediff.training import load_config, train
+from animatediff.training.cli import main as train_main
+from animatediff.training.data import ClipDataset, Item, StepSampler, build_dataset
+from animatediff.training.modes import fresh_motion
+
+from conftest import randomize_
+from tiny_models import save_diffusers_folder, tiny_base_model
+
+torch.set_num_threads(1)  # the machine is shared
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """3 real MP4s + a corrupt file + a too-short video, WebVid layout."""
+    from animatediff.synthetic import write_dataset
+
+    folder = tmp_path_factory.mktemp("videos")
+    csv_path = write_dataset(folder, 3, num_frames=10, height=32, width=32)
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(300))
+    write_dataset(folder / "short", 1, num_frames=2, height=32, width=32)
+    (folder / "short" / "video_0_000000.mp4").rename(folder / "short.mp4")
+    with csv_path.open("a") as f:
+        f.write("corrupt,a broken file,x\nshort,a two-frame clip,x\nmissing,no such file,x\n")
+    return csv_path
+
+
+@pytest.fixture(scope="module")
+def motion_file(tmp_path_factory) -> Path:
+    """A trained-looking (random, non-zero) tiny motion module in the official layout."""
+    config = load_config("motion-module", "tiny-motion-module", {"video_folder": "."})
+    motion = randomize_(fresh_motion(config, tiny_base_model().unet), std=0.05)
+    path = tmp_path_factory.mktemp("mm") / "mm.safetensors"
+    save_file(motion.state_dict(), str(path))
+    return path
+
+
+def make_config(mode: str, data: Path, out: Path, **overrides):
+    values = dict(caption_file=str(data), size=32, num_frames=4, max_train_steps=2, checkpointing_steps=2, num_workers=0,
+                  output_dir=str(out), batch_size=1)
+    values.update(overrides)
+    return load_config(mode, f"tiny-{mode}", values)
+
+
+def snapshot(*modules) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+LORA_KEY = re.compile(r"\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
+
+
+# ---- each mode: finite loss, only the intended parameters change, official export -----------------------
+@pytest.mark.parametrize("mode", ["image", "domain-adapter", "motion-module", "motion-lora"])
+def test_mode_trains_only_its_parameters_and_exports_official_keys(mode, data, motion_file, tmp_path):
+    from animatediff.loading import load_motion_modules
+
+    base = tiny_base_model()
+    extra = {"motion_module": str(motion_file), "lora_alpha": 4.0} if mode == "motion-lora" else {}
+    config = make_config(mode, data, tmp_path, **extra)
+    motion = load_motion_modules(str(motion_file)) if mode == "motion-lora" else None
+    frozen = [base.unet, base.vae, base.text_encoder] + ([motion] if motion is not None else [])
+    before = snapshot(*frozen)
+    result = train(config, base=base, motion=motion)
+    assert len(result.losses) == 2 and all(np.isfinite(list(result.losses.values())))
+    diff = changed(before, snapshot(*frozen))
+    exported = result.exported
+    if mode == "image":
+        assert diff and all(k.startswith("0.") for k in diff)  # only UNet weights moved
+        assert (exported / "diffusion_pytorch_model.safetensors").is_file() and (exported / "config.json").is_file()
+        return
+    assert diff == set()  # the frozen model is bit-identical; LoRA / motion modules live elsewhere
+    state = load_file(str(exported))
+    if mode == "motion-module":
+        from animatediff.loading import load_motion_modules
+
+        loaded = load_motion_modules(str(exported))
+        assert set(state) - {k for k in state if k.endswith("pos_encoder.pe")} == set(loaded.state_dict())
+        assert all(k.startswith(("down_blocks.", "up_blocks.", "mid_block.")) for k in state)
+        assert any(k.endswith("attention_blocks.0.pos_encoder.pe") for k in state)
+        assert motion_module_to_diffusers(state)  # converts to the MotionAdapter layout
+        assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in state.items() if "proj_out" in k)  # it trained
+    else:
+        assert state and all(LORA_KEY.search(k) for k in state)
+        assert not any(k.startswith("module.") for k in state)
+        where = ".attention_blocks." if mode == "motion-lora" else ".attn1.processor."
+        assert any(where in k for k in state)
+
+
+def _official_merge(root: torch.nn.Module, state: dict, alpha: float = 1.0) -> None:
+    """The official ``load_diffusers_lora`` rule: strip processor./_lora, to_out -> to_out.0, W += alpha up @ down."""
+    modules = dict(root.named_modules())
+    with torch.no_grad():
+        for key, down in state.items():
+            if key.endswith(".down.weight"):
+                name = key.removesuffix(".down.weight").replace(".processor.", ".").replace("_lora", "").replace(".to_out", ".to_out.0")
+                modules[name].weight += alpha * state[key.replace(".down.", ".up.")] @ down
+
+
+@pytest.mark.parametrize("mode", ["domain-adapter", "motion-lora"])
+def test_lora_export_merges_to_the_trained_model(mode, data, motion_file, tmp_path):
+    """Merging the export by the official convention (scale folded into up) gives the trained model's output."""
+    from animatediff.loading import load_motion_modules
+    from animatediff.training.modes import build
+
+    base = tiny_base_model()
+    config = make_config(mode, data, tmp_path, motion_module=str(motion_file), lora_alpha=2.0, lora_rank=8)
+    motion = load_motion_modules(str(motion_file)) if mode == "motion-lora" else None
+    setup = build(config, base, motion)
+    for pair in setup.trainable.pairs:  # as if trained: non-zero up
+        torch.nn.init.normal_(pair.up.weight, std=0.05)
+    x, text = torch.randn(1, 4, 4, 4, 4), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        trained = setup.model(x, torch.tensor([500]), text)
+        state = setup.export_state(config)
+        setup.trainable.detach()
+        _official_merge(motion if motion is not None else base.unet, state)
+        merged = AnimateDiffUNet(base.unet, motion)(x, torch.tensor([500]), text)
+    torch.testing.assert_close(merged, trained, rtol=1e-4, atol=1e-5)
+
+
+# ---- resume ------------------------------------------------------------------------------------------
+def test_interrupted_and_resumed_run_reproduces_the_loss_sequence(data, tmp_path):
+    steps = dict(max_train_steps=5, checkpointing_steps=100, num_workers=1)
+    full = train(make_config("motion-module", data, tmp_path / "full", **steps), base=tiny_base_model())
+
+    def interrupt(step, _loss):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal path: finish the step, save, return
+
+    config = make_config("motion-module", data, tmp_path / "cut", **steps)
+    first = train(config, base=tiny_base_model(), on_step=interrupt)
+    assert first.interrupted and first.step == 2 and (tmp_path / "cut" / "checkpoints" / "step-000002").is_dir()
+    second = train(config, base=tiny_base_model(), resume=tmp_path / "cut")
+    assert {**first.losses, **second.losses} == full.losses  # bit-exact
+    a, b = load_file(str(full.exported)), load_file(str(second.exported))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(UserInputError, match="mode"):  # another mode's checkpoint
+        train(make_config("motion-lora", data, tmp_path / "x", motion_module=str(full.exported)),
+              base=tiny_base_model(), resume=tmp_path / "cut")
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+def test_corrupt_short_and_missing_videos_are_skipped(data, tmp_path, caplog):
+    dataset = build_dataset(make_config("motion-module", data, tmp_path, num_frames=4))
+    assert len(dataset) == 3
+    assert "skipped 3 of 6 videos" in caplog.text
+    sample = dataset[(0, 123)]
+    assert sample["pixel_values"].shape == (4, 3, 32, 32) and sample["pixel_values"].abs().max() <= 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("videoid,name\ncorrupt,x\nshort,y\n")
+    with pytest.raises(UserInputError, match="no usable video"):
+        build_dataset(make_config("motion-module", bad, tmp_path, video_folder=str(data.parent)))
+
+
+def test_sampler_is_a_function_of_seed_step_and_rank():
+    stream = lambda start, rank=0: [k for _, k in zip(range(6), StepSampler(5, 2, 7, rank, 2, start))]
+    assert stream(0)[4:] == stream(2)[:2]  # resuming at step 2 continues the same stream
+    assert set(i for i, _ in stream(0, 0)[:2] + stream(0, 1)[:2]) <= set(range(5))
+    assert stream(0, 0) != stream(0, 1)
+    first_epoch = [i for i, _ in zip(range(5), (k[0] for k in _merged(7)))]
+    assert sorted(first_epoch) == list(range(5))  # one epoch visits every item once across ranks
+
+
+def _merged(seed):
+    a, b = iter(StepSampler(5, 2, seed, 0, 2)), iter(StepSampler(5, 2, seed, 1, 2))
+    while True:
+        yield next(a); yield next(a); yield next(b); yield next(b)
+
+
+def _centroid(frame: torch.Tensor) -> tuple[float, float]:
+    weight = (frame.mean(0) + 1).clamp(min=0) ** 4  # (h, w); the bright blob dominates
+    ys, xs = torch.meshgrid(torch.arange(frame.shape[1]), torch.arange(frame.shape[2]), indexing="ij")
+    return float((weight * xs).sum() / weight.sum()), float((weight * ys).sum() / weight.sum())
+
+
+@pytest.mark.parametrize("move, axis, sign", [
+    ("PanLeft", 0, +1), ("PanRight", 0, -1), ("TiltUp", 1, +1), ("TiltDown", 1, -1),  # content moves against the camera
+    ("ZoomIn", 0, +1), ("ZoomOut", 0, -1),  # a blob right of centre moves outwards / inwards
+    ("RollingClockwise", 1, -1), ("RollingAnticlockwise", 1, +1),  # camera cw -> content acw: right-hand blob goes up
+])
+def test_camera_augmentation_moves_content_in_the_documented_direction(move, axis, sign, tmp_path):
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[28:36, 44:52] = 255  # a blob right of centre
+    Image.fromarray(image).save(tmp_path / "blob.png")
+    config = load_config("motion-lora", None, dict(video_folder=".", motion_module="x", camera_move=move, camera_move_strength=0.3,
+                                                   size=64, num_frames=8, caption_dropout=0.0,
+                                                   hflip=move.startswith(("Pan", "Tilt"))))  # (seed 1 flips: direction kept)
+    clip = ClipDataset([Item(tmp_path / "blob.png", "blob")], config, 8)[(0, 1)]["pixel_values"]
+    start, end = _centroid(clip[0]), _centroid(clip[-1])
+    assert sign * (end[axis] - start[axis]) > 2  # pixels
+
+
+# ---- command line and bad input ------------------------------------------------------------------------
+def test_cli_trains_from_a_diffusers_folder_and_rejects_bad_input(data, tmp_path, capsys):
+    from animatediff.cli import main as animatediff_main
+
+    base_dir = save_diffusers_folder(tiny_base_model(), tmp_path / "base")
+    args = ["motion-module", "--config", "tiny-motion-module", "--base_model", str(base_dir), "--caption_file", str(data),
+            "--size", "32", "--num_frames", "4", "--max_train_steps", "2", "--num_workers", "0", "--output_dir", str(tmp_path / "o")]
+    assert train_main(args) == 0
+    exported = tmp_path / "o" / "motion-module-final.safetensors"
+    assert exported.is_file()
+    from animatediff.loading import load_motion_modules
+
+    load_motion_modules(str(exported))
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 1e-4\nlerning_rate: 3\n")
+    no_columns = tmp_path / "c.csv"
+    no_columns.write_text("file,text\na.mp4,x\n")
+    for argv, message in [
+        (["train", "motion-module", "--config", str(recipe)], "unknown key(s) lerning_rate"),
+        (["train", "motion-module", "--config", "tiny-motion-module", "--caption_file", str(no_columns), "--base_model", str(base_dir)],
+         "needs columns videoid,name"),
+        (["train", "image", "--config", "tiny-motion-module", "--video_folder", "."], "recipe is for mode"),
+        (["train", "motion-module", "--config", "tiny-motion-module", "--caption_file", str(data), "--base_model", str(base_dir),
+          "--size", "32", "--num_frames", "4", "--num_workers", "0", "--output_dir", str(tmp_path / "o2"), "--resume", str(tmp_path)], "--resume"),
+    ]:
+        capsys.readouterr()
+        assert animatediff_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1], (argv, err)
