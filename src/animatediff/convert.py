@@ -65,3 +65,132 @@ def motion_module_from_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[st
         )
         out[f"{block}{sep}{index}.temporal_transformer.{rest}"] = value
     return out
+
+
+# ---- diffusers -> LDM single-file layout ---------------------------------------------------------------
+# The inverse of diffusers' ``single_file_utils.convert_ldm_*`` (the mapping of diffusers'
+# ``scripts/convert_diffusers_to_original_stable_diffusion.py``, generalised to any block layout). Used to
+# write single-file checkpoints (test fixtures, scripts/fabricate_checkpoints.py) and to name kohya LoRA
+# layers in the LDM style (``lora_unet_input_blocks_4_1_...``).
+
+_UNET_TOP_LEVEL = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+_RESNET_TO_LDM = (
+    ("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+    ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"),
+)
+
+
+def _resnet_name_to_ldm(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return next((new for old, new in _RESNET_TO_LDM if head == old), head) + (f".{tail}" if tail else "")
+
+
+def unet_name_to_ldm(name: str, config: dict) -> str:
+    """One diffusers UNet parameter/module name -> its LDM name (``model.diffusion_model.`` prefix not included).
+
+    ``config`` is the UNet config (``layers_per_block``, ``up_block_types``)."""
+    layers = config["layers_per_block"]
+    for old, new in _UNET_TOP_LEVEL.items():
+        if name == old or name.startswith(old + "."):
+            return new + name[len(old):]
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+        if kind == "downsamplers":  # down_blocks.i.downsamplers.0.conv.* -> input_blocks.N.0.op.*
+            return f"input_blocks.{1 + i * (layers + 1) + layers}.0.op.{'.'.join(parts[5:])}".rstrip(".")
+        n = 1 + i * (layers + 1) + j
+        return f"input_blocks.{n}.0.{_resnet_name_to_ldm(rest)}" if kind == "resnets" else f"input_blocks.{n}.1.{rest}"
+    if parts[0] == "mid_block":
+        kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+        if kind == "resnets":
+            return f"middle_block.{2 * j}.{_resnet_name_to_ldm(rest)}"
+        return f"middle_block.1.{rest}"
+    if parts[0] == "up_blocks":
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+        if kind == "upsamplers":  # after the last layer: index 2 if that layer has attention, else 1
+            has_attention = "CrossAttn" in config["up_block_types"][i]
+            return f"output_blocks.{i * (layers + 1) + layers}.{2 if has_attention else 1}.{'.'.join(parts[4:])}".rstrip(".")
+        n = i * (layers + 1) + j
+        return f"output_blocks.{n}.0.{_resnet_name_to_ldm(rest)}" if kind == "resnets" else f"output_blocks.{n}.1.{rest}"
+    raise KeyError(f"no LDM name for UNet key {name}")
+
+
+def unet_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """diffusers ``UNet2DConditionModel`` state dict -> LDM keys (``model.diffusion_model.*``)."""
+    return {"model.diffusion_model." + unet_name_to_ldm(k, config): v for k, v in state_dict.items()}
+
+
+def _vae_name_to_ldm(name: str, num_blocks: int) -> str:
+    name = name.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+    parts = name.split(".")
+    if len(parts) > 2 and parts[1] == "down_blocks":  # encoder.down_blocks.i.{resnets.j|downsamplers.0}.*
+        i, kind = parts[2], parts[3]
+        if kind == "resnets":
+            return f"encoder.down.{i}.block.{parts[4]}.{'.'.join(parts[5:])}"
+        return f"encoder.down.{i}.downsample.{'.'.join(parts[5:])}"
+    if len(parts) > 2 and parts[1] == "up_blocks":  # decoder up blocks are numbered from the bottom in LDM
+        i, kind = num_blocks - 1 - int(parts[2]), parts[3]
+        if kind == "resnets":
+            return f"decoder.up.{i}.block.{parts[4]}.{'.'.join(parts[5:])}"
+        return f"decoder.up.{i}.upsample.{'.'.join(parts[5:])}"
+    if len(parts) > 2 and parts[1] == "mid_block":
+        if parts[2] == "resnets":
+            return f"{parts[0]}.mid.block_{int(parts[3]) + 1}.{'.'.join(parts[4:])}"
+        rest = ".".join(parts[4:])
+        rest = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}.get(rest.rsplit(".", 1)[0], None)
+        return f"{parts[0]}.mid.attn_1.{rest}.{parts[-1]}"
+    return name
+
+
+def vae_to_ldm(state_dict: dict[str, torch.Tensor], num_blocks: int = 4) -> dict[str, torch.Tensor]:
+    """diffusers ``AutoencoderKL`` -> LDM ``first_stage_model.*`` (mid attention projections as 1x1 convs)."""
+    out = {}
+    for key, value in state_dict.items():
+        ldm = _vae_name_to_ldm(key, num_blocks)
+        if ".mid.attn_1." in ldm and value.ndim == 2:
+            value = value[:, :, None, None]  # (out, in) -> (out, in, 1, 1): LDM stores them as convs
+        out["first_stage_model." + ldm] = value
+    return out
+
+
+def clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str = "cond_stage_model.transformer.") -> dict[str, torch.Tensor]:
+    """transformers ``CLIPTextModel`` -> LDM (``cond_stage_model.transformer.text_model.*``; SDXL embedder 0:
+    ``conditioner.embedders.0.transformer.text_model.*``). Works with and without a ``text_model.`` level."""
+    return {prefix + "text_model." + k.removeprefix("text_model."): v for k, v in state_dict.items()}
+
+
+_OPEN_CLIP_RENAMES = (
+    ("text_model.encoder.layers.", "transformer.resblocks."), (".self_attn.out_proj", ".attn.out_proj"),
+    (".layer_norm1", ".ln_1"), (".layer_norm2", ".ln_2"), (".mlp.fc1", ".mlp.c_fc"), (".mlp.fc2", ".mlp.c_proj"),
+    ("text_model.final_layer_norm", "ln_final"), ("text_model.embeddings.token_embedding", "token_embedding"),
+)
+
+
+def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str = "conditioner.embedders.1.model.") -> dict[str, torch.Tensor]:
+    """transformers ``CLIPTextModelWithProjection`` -> OpenCLIP layout of SDXL's second text encoder
+    (fused ``attn.in_proj_{weight,bias}``, transposed ``text_projection``, ``positional_embedding``)."""
+    out, fused = {}, {}
+    for key, value in state_dict.items():
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()  # Linear (proj, hidden) -> matrix (hidden, proj)
+        elif key.endswith("embeddings.position_embedding.weight"):
+            out[prefix + "positional_embedding"] = value
+        elif ".self_attn." in key and key.split(".")[-2] in ("q_proj", "k_proj", "v_proj"):
+            layer = key.split(".self_attn.")[0].replace("text_model.encoder.layers.", "transformer.resblocks.")
+            projection, kind = key.split(".")[-2:]
+            fused.setdefault((layer, kind), {})[projection] = value
+        else:
+            for old, new in _OPEN_CLIP_RENAMES:
+                key = key.replace(old, new)
+            out[prefix + key] = value
+    for (layer, kind), parts in fused.items():  # q, k, v stacked along dim 0, as nn.MultiheadAttention stores them
+        out[f"{prefix}{layer}.attn.in_proj_{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
+    return out

@@ -1,0 +1,355 @@
+"""Loading users' models offline: Stable Diffusion base models (diffusers folders, cached Hugging Face repos,
+single-file LDM checkpoints) and motion module sets (official and diffusers layouts).
+
+Everything loads strictly: the key set of a file must equal the model's, or a ``UserInputError`` names the
+file and a few of the offending keys. Big models are built on the meta device and take the file's tensors
+by assignment, so a full-size SD1.5 model costs one copy of its weights in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .checkpoints import read_state_dict
+from .components import BaseModel, package_data
+from .convert import clean_official_motion_state_dict, motion_module_from_diffusers
+from .errors import UserInputError
+from .motion_module import MotionModules
+from .presets import MotionModuleConfig, get_preset
+
+logger = logging.getLogger(__name__)
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+_SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+
+
+# ---- strict assignment -----------------------------------------------------------------------------------
+def _examples(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Raise ``UserInputError`` unless ``state_dict`` has exactly ``model``'s keys and shapes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = expected.keys() - state_dict.keys()
+    unexpected = state_dict.keys() - expected.keys()
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {_examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {_examples(unexpected)})")
+        raise UserInputError(f"{source}: {what} weights do not match: " + "; ".join(parts))
+    wrong = [k for k, shape in expected.items() if tuple(state_dict[k].shape) != shape]
+    if wrong:
+        k = wrong[0]
+        raise UserInputError(
+            f"{source}: {what} weights have {len(wrong)} tensors of the wrong shape, e.g. {k}: "
+            f"{tuple(state_dict[k].shape)} in the file, {expected[k]} expected"
+        )
+
+
+def assign_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str, dtype: torch.dtype) -> nn.Module:
+    """Strictly load ``state_dict`` into a (meta-initialised) ``model`` by assignment, casting to ``dtype``.
+
+    Entries are cast and released one at a time, so peak memory stays near one copy of the weights."""
+    check_state_dict(model, state_dict, source, what)
+    for key in list(state_dict):
+        tensor = state_dict.pop(key)
+        state_dict[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        del tensor
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    state_dict.clear()
+    return model.eval()
+
+
+def _config_dir(kind: str, config_dir: str | Path | None) -> Path:
+    return Path(config_dir) if config_dir is not None else package_data(kind)
+
+
+def _config(folder: Path, component: str) -> dict:
+    return json.loads((folder / component / "config.json").read_text())
+
+
+def _unused(raw: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> list[str]:
+    """Keys of ``raw`` whose tensors the converter dropped (diffusers' converters skip what they don't know)."""
+    used = {t.untyped_storage().data_ptr() for t in converted.values()}
+    return [k for k, t in raw.items() if t.untyped_storage().data_ptr() not in used]
+
+
+# ---- single-file LDM checkpoints -------------------------------------------------------------------------
+def detect_ldm_base(keys) -> str | None:
+    """"sd15" / "sdxl" for an LDM single-file checkpoint, None if it is not one we can load."""
+    keys = set(keys)
+    if not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
+        return None
+    if any(k.startswith(_SDXL_OPEN_CLIP_PREFIX) for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd15"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    return "unknown"
+
+
+def _text_model_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Match the ``text_model.`` level to the model: transformers 5's ``CLIPTextModel`` has none, older
+    releases and ``CLIPTextModelWithProjection`` do."""
+    with_level = any(k.startswith("text_model.") for k in model.state_dict())
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("embeddings.position_ids"):
+            continue  # a buffer older transformers saved; recomputed
+        key = key.removeprefix("text_model.")
+        out["text_model." + key if with_level else key] = value
+    return out
+
+
+def _build(cls, config):
+    with init_empty_weights():
+        return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | None = None) -> BaseModel:
+    checkpoint = read_state_dict(path)
+    kind = detect_ldm_base(checkpoint)
+    if kind not in ("sd15", "sdxl"):
+        what = {None: "no model.diffusion_model.* keys, so it is not a Stable Diffusion checkpoint",
+                "sd2": "it is a Stable Diffusion 2.x checkpoint (OpenCLIP-H text encoder)",
+                "unknown": "its text encoder keys are of no known layout"}[kind]
+        raise UserInputError(f"{path}: not an SD1.5 or SDXL single-file checkpoint: {what}")
+    source = str(path)
+    configs = _config_dir(kind, config_dir)
+
+    # UNet: convert, drop the raw entries so the converted dict holds the only references, assign.
+    unet_config = _config(configs, "unet")
+    raw = {k: v for k, v in checkpoint.items() if k.startswith(LDM_UNET_PREFIX)}
+    converted = convert_ldm_unet_checkpoint(raw, unet_config)
+    leftover = _unused(raw, converted)
+    if leftover:
+        raise UserInputError(f"{source}: UNet has {len(leftover)} keys of no known layer (e.g. {_examples(leftover)})")
+    for k in raw:
+        del checkpoint[k]
+    del raw
+    unet = assign_state_dict(_build(UNet2DConditionModel, unet_config), converted, source, f"{kind} UNet", dtype)
+
+    vae_config = _config(configs, "vae")
+    converted = convert_ldm_vae_checkpoint(checkpoint, vae_config)
+    for k in [k for k in checkpoint if k.startswith(("first_stage_model.", "vae."))]:
+        del checkpoint[k]
+    vae = assign_state_dict(_build(AutoencoderKL, vae_config), converted, source, f"{kind} VAE", dtype)
+
+    text_config = CLIPTextConfig.from_pretrained(str(configs / "text_encoder"), local_files_only=True)
+    text_encoder = _build(CLIPTextModel, text_config)
+    converted = _text_model_keys(convert_ldm_clip_checkpoint(checkpoint), text_encoder)
+    text_encoder = assign_state_dict(text_encoder, converted, source, f"{kind} text encoder", dtype)
+    tokenizer = _tokenizer()
+
+    text_encoder_2 = tokenizer_2 = None
+    if kind == "sdxl":
+        config_2 = CLIPTextConfig.from_pretrained(str(configs / "text_encoder_2"), local_files_only=True)
+        text_encoder_2 = _build(CLIPTextModelWithProjection, config_2)
+        converted = convert_open_clip_checkpoint(text_encoder_2, checkpoint, prefix=_SDXL_OPEN_CLIP_PREFIX)
+        converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
+        text_encoder_2 = assign_state_dict(text_encoder_2, converted, source, "sdxl text encoder 2", dtype)
+        tokenizer_2 = _tokenizer(pad_token="!")
+    checkpoint.clear()
+    return BaseModel(kind=kind, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, source=source)
+
+
+def _tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
+    # Why pad_token="!": SDXL's second tokenizer (OpenCLIP bigG) pads with "!" (id 0), not <|endoftext|>.
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer.from_pretrained(str(package_data("tokenizer")), local_files_only=True, **extra)
+
+
+# ---- diffusers folders and cached Hugging Face repos -------------------------------------------------
+def _variant(folder: Path) -> str | None:
+    """Use the ``fp16`` weight variant only when a component has no full-precision file."""
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    plain = any(re.fullmatch(r"(diffusion_pytorch_model|model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?", n) for n in names)
+    return None if plain or not any(".fp16." in n for n in names) else "fp16"
+
+
+def _from_pretrained(cls, folder: Path, sub: str, dtype: torch.dtype, **kwargs):
+    if not (folder / sub).is_dir():
+        raise UserInputError(f"{folder}: diffusers folder has no {sub}/ subfolder")
+    dtype_kw = {"torch_dtype": dtype} if cls in (UNet2DConditionModel, AutoencoderKL) else {"dtype": dtype}
+    try:
+        return cls.from_pretrained(str(folder), subfolder=sub, local_files_only=True, variant=_variant(folder / sub), **dtype_kw, **kwargs).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise UserInputError(f"{folder / sub}: cannot load {cls.__name__}: {' '.join(str(error).split())[:300]}") from None
+
+
+def _load_diffusers_folder(folder: Path, dtype: torch.dtype, source: str) -> BaseModel:
+    sdxl = (folder / "text_encoder_2").is_dir()
+    kind = "sdxl" if sdxl else "sd15"
+    unet = _from_pretrained(UNet2DConditionModel, folder, "unet", dtype)
+    vae = _from_pretrained(AutoencoderKL, folder, "vae", dtype)
+    text_encoder = _from_pretrained(CLIPTextModel, folder, "text_encoder", dtype)
+    tokenizer = (CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+                 if (folder / "tokenizer").is_dir() else _tokenizer())
+    text_encoder_2 = tokenizer_2 = None
+    if sdxl:
+        text_encoder_2 = _from_pretrained(CLIPTextModelWithProjection, folder, "text_encoder_2", dtype)
+        tokenizer_2 = (CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer_2", local_files_only=True)
+                       if (folder / "tokenizer_2").is_dir() else _tokenizer(pad_token="!"))
+    return BaseModel(kind=kind, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, source=source)
+
+
+def _cached_repo(repo_id: str) -> Path:
+    """The local snapshot of a Hugging Face repo; never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise UserInputError(
+            f"{repo_id}: not a file or folder, and not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); downloads are never attempted"
+        ) from None
+
+
+def load_base_model(
+    source: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    config_dir: str | Path | None = None,
+) -> BaseModel:
+    """Load an SD1.5 or SDXL base model from a diffusers folder, a cached HF repo id, or a single
+    ``.safetensors``/``.ckpt`` LDM checkpoint.
+
+    Single files are built from the shipped configs (``animatediff/data/{sd15,sdxl}``) unless ``config_dir``
+    (a folder with ``unet/``, ``vae/``, ``text_encoder[_2]/`` config.json files) says otherwise."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        base = _load_single_file(path, dtype, config_dir)
+    elif path.is_dir():
+        if not (path / "unet").is_dir():
+            raise UserInputError(f"{path}: folder is not a diffusers pipeline (no unet/ subfolder)")
+        base = _load_diffusers_folder(path, dtype, str(path))
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) and not str(source).startswith((".", "/")):
+        base = _load_diffusers_folder(_cached_repo(str(source)), dtype, str(source))
+    else:
+        raise UserInputError(f"{source}: no such file or folder")
+    if torch.device(device).type != "cpu":
+        for model in (base.unet, base.vae, *base.text_encoders):
+            model.to(device)
+    return base
+
+
+# ---- motion modules --------------------------------------------------------------------------------------
+def _is_diffusers_motion_layout(keys) -> bool:
+    return any(".motion_modules." in k and ".transformer_blocks." in k and ".attn1." in k for k in keys) and not any(
+        "temporal_transformer" in k for k in keys
+    )
+
+
+def _read_motion_source(source) -> tuple[dict, str, dict]:
+    """(state dict, display name, diffusers config.json or {})."""
+    if isinstance(source, dict):
+        return dict(source), "motion module (in memory)", {}
+    path = Path(source).expanduser()
+    if path.is_dir():
+        weights = [path / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                                      "diffusion_pytorch_model.bin") if (path / n).is_file()]
+        if not weights:
+            raise UserInputError(f"{path}: folder has no diffusion_pytorch_model.safetensors (expected a diffusers MotionAdapter)")
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        return read_state_dict(weights[0]), str(path), config
+    return read_state_dict(path), str(path), {}
+
+
+def motion_config_from_state_dict(state_dict: dict, name: str = "", preset: str | None = None) -> MotionModuleConfig:
+    """Detect the preset (v1/v2/v3/sdxl-beta/animatelcm/lightning) of an official-layout motion module state
+    dict and adapt its channels, layers per block and attention count to what the file contains."""
+    from .formats import detect_motion_module
+
+    found = detect_motion_module(state_dict, name)
+    if found is None:
+        raise UserInputError(f"{name}: no motion-module keys (*.motion_modules.*.temporal_transformer.*) found")
+    config = get_preset(preset or found["version"])
+    pe_length = found["pe_length"]
+    return dataclasses.replace(
+        config,
+        block_out_channels=found["block_out_channels"],
+        layers_per_block=found["layers_per_block"],
+        num_attention_blocks=found["num_attention_blocks"],
+        mid_block=found["mid_block"],
+        norm_num_groups=math.gcd(config.norm_num_groups, *found["block_out_channels"]),
+        position_encoding_length=max(config.position_encoding_length or 0, pe_length or 0) or None,
+    )
+
+
+def load_motion_modules(
+    source: str | Path | dict,
+    preset: str | None = None,
+    max_frames: int | None = None,
+    *,
+    config: MotionModuleConfig | None = None,
+    unet: UNet2DConditionModel | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> MotionModules:
+    """Load a motion module set (official ``.ckpt``/``.safetensors``, or diffusers ``MotionAdapter`` file/folder).
+
+    ``preset`` overrides the detected family; ``max_frames`` sets the recomputed position-encoding length;
+    ``config`` overrides the whole architecture (tests, unusual files); ``unet``, when given, is checked to
+    fit (SDXL modules on an SD1.5 UNet is a ``UserInputError`` naming the file)."""
+    state_dict, name, _ = _read_motion_source(source)
+    from .formats import detect_kind
+
+    description = detect_kind(state_dict)
+    if description.kind not in ("motion-module", "unknown"):
+        raise UserInputError(f"{name}: this is a {description.kind} file, not a motion module")
+    ignored = [k for k in state_dict if "motion_modules." not in k]
+    if ignored:  # e.g. a full-UNet training checkpoint: only its motion modules matter here
+        logger.warning("%s: ignoring %d non-motion-module keys (e.g. %s)", name, len(ignored), _examples(ignored))
+    state_dict = {k: v for k, v in state_dict.items() if "motion_modules." in k}
+    if config is None:  # detect on the file's own keys: the PE buffers tell v1 from v3 and AnimateLCM from v2
+        config = motion_config_from_state_dict(state_dict, name, preset)
+    if _is_diffusers_motion_layout(state_dict):
+        state_dict = motion_module_from_diffusers(state_dict)
+    if max_frames is not None:
+        config = config.with_max_frames(max_frames)
+    state_dict = clean_official_motion_state_dict(state_dict)
+    with init_empty_weights():  # parameters on meta; the (non-persistent) PE buffers are real
+        motion = MotionModules(config)
+    assign_state_dict(motion, state_dict, name, f"motion module ({config.name})", dtype)
+    motion.source = name
+    if unet is not None:
+        check_motion_fits(unet, motion)
+    logger.info("%s: motion module %s (%s), %d modules", name, config.name, config.base, config.num_modules)
+    return motion
+
+
+def check_motion_fits(unet: UNet2DConditionModel, motion: MotionModules) -> None:
+    """``inflation._check_fits`` as a ``UserInputError`` that names the motion module file."""
+    from .inflation import _check_fits
+
+    try:
+        _check_fits(getattr(unet, "unet", unet), motion)
+    except ValueError as error:
+        raise UserInputError(f"{getattr(motion, 'source', 'motion module')}: {error}") from None
