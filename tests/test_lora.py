@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from animatediff.errors import UserInputError
+from animatediff.lora import apply_domain_adapter, apply_lora, apply_motion_lora
+from animatediff.motion_module import MotionModules
+
+from conftest import randomize_, tiny_unet
+from fixtures import domain_adapter_state_dict, kohya_lora_state_dict, motion_lora_state_dict, save, tiny_config
+from tiny_models import tiny_base_model
+
+
+def _snapshot(*modules):
+    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_kohya_merge_math_with_and_without_alpha():
+    base = tiny_base_model()
+    layer = "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    weight = base.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
+    for alpha in (None, 2.0):
+        lora = kohya_lora_state_dict(base, rank=4, alpha=alpha)
+        up, down = lora[f"lora_unet_{layer}.lora_up.weight"], lora[f"lora_unet_{layer}.lora_down.weight"]
+        before = weight.detach().clone()
+        handle = apply_lora(base, lora, 0.8)
+        factor = 0.8 * (alpha / 4 if alpha else 1.0)  # kohya: scale * alpha / rank
+        torch.testing.assert_close(weight.detach(), before + factor * up @ down, rtol=0, atol=1e-6)
+        handle.unmerge()
+        torch.testing.assert_close(weight.detach(), before, rtol=0, atol=1e-6)
+
+
+def test_kohya_ldm_names_text_encoder_and_locon_convs():
+    base = tiny_base_model()
+    before = _snapshot(base.unet, base.text_encoder)
+    diffusers_style = kohya_lora_state_dict(base, style="diffusers", conv=True, seed=3)
+    ldm_style = kohya_lora_state_dict(base, style="ldm", conv=True, seed=3)
+    assert any("input_blocks_1_1_transformer_blocks_0_attn1_to_q" in k for k in ldm_style)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in ldm_style)
+    a = apply_lora(base, diffusers_style, 1.0)
+    after_a = _snapshot(base.unet, base.text_encoder)
+    a.unmerge()
+    b = apply_lora(base, ldm_style, 1.0)  # same tensors under LDM names: same merged weights
+    after_b = _snapshot(base.unet, base.text_encoder)
+    for x, y in zip(after_a, after_b):
+        assert _max_diff(x, y) == 0
+    conv = base.unet.down_blocks[0].resnets[0].conv1.weight  # 3x3 LoCon: (out, r) @ (r, in*3*3)
+    up, down = ldm_style["lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight"], ldm_style["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"]
+    expected = before[0]["down_blocks.0.resnets.0.conv1.weight"] + 0.5 * (up.flatten(1) @ down.flatten(1)).reshape(conv.shape)
+    torch.testing.assert_close(conv.detach(), expected, rtol=0, atol=1e-6)
+    b.unmerge()
+    for x, y in zip(before, _snapshot(base.unet, base.text_encoder)):
+        assert _max_diff(x, y) < 1e-6
+
+
+def test_sdxl_kohya_te1_te2_and_two_loras_compose_additively():
+    base = tiny_base_model(sdxl=True)
+    before = _snapshot(base.unet, base.text_encoder, base.text_encoder_2)
+    first = kohya_lora_state_dict(base, style="ldm", seed=1)
+    second = kohya_lora_state_dict(base, seed=2, alpha=None)
+    assert any(k.startswith("lora_te2_text_model_") for k in first)
+    deltas = []
+    for lora, scale in ((first, 0.7), (second, -1.2)):
+        handle = apply_lora(base, lora, scale)
+        after = _snapshot(base.unet, base.text_encoder, base.text_encoder_2)
+        deltas.append([{k: a[k] - b[k] for k in a} for a, b in zip(after, before)])
+        handle.unmerge()
+    h1, h2 = apply_lora(base, first, 0.7), apply_lora(base, second, -1.2)
+    both = _snapshot(base.unet, base.text_encoder, base.text_encoder_2)
+    for i, state in enumerate(both):
+        expected = {k: before[i][k] + deltas[0][i][k] + deltas[1][i][k] for k in state}
+        assert _max_diff(state, expected) < 1e-5
+    h1.unmerge()
+    h2.unmerge()
+    h2.unmerge()  # a second unmerge is a no-op
+    for x, y in zip(before, _snapshot(base.unet, base.text_encoder, base.text_encoder_2)):
+        assert _max_diff(x, y) < 1e-6
+
+
+def test_lora_for_another_base_is_a_user_error(tmp_path):
+    sd15, sdxl = tiny_base_model(), tiny_base_model(sdxl=True)
+    path = save(kohya_lora_state_dict(sdxl), tmp_path / "xl_lora.safetensors")
+    with pytest.raises(UserInputError, match=r"LoRA .*xl_lora.safetensors: \d+ keys match no layer of this SD1.5 model, e.g. lora_te1_"):
+        apply_lora(sd15, path, 1.0)
+    # same names, wrong shapes (a text encoder of another width)
+    wide = tiny_base_model()
+    wide.text_encoder = __import__("tiny_models").tiny_text_encoder(hidden=48)
+    path = save(kohya_lora_state_dict(wide, text_encoder=True), tmp_path / "wide.safetensors")
+    before = _snapshot(sd15.unet)
+    with pytest.raises(UserInputError, match="wide.safetensors: .* do not fit this SD1.5 model"):
+        apply_lora(sd15, path, 1.0)
+    assert _max_diff(before[0], _snapshot(sd15.unet)[0]) == 0  # nothing merged on failure
+    bad = save({"unet.foo.lora_A.weight": torch.zeros(2, 2)}, tmp_path / "peft.safetensors")
+    with pytest.raises(UserInputError, match="peft.safetensors: not a kohya LoRA"):
+        apply_lora(sd15, bad, 1.0)
+
+
+def test_motion_lora_merge_and_unmerge(tmp_path):
+    motion = randomize_(MotionModules(tiny_config("v2")))
+    before = _snapshot(motion)[0]
+    lora = motion_lora_state_dict("v2", rank=4)
+    path = save({**lora, "animatediff_config": ""}, tmp_path / "v2_lora_ZoomIn.ckpt")
+    handle = apply_motion_lora(motion, path, 0.5)
+    key = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_out.0.weight"
+    prefix = key.replace("to_out.0.weight", "processor.to_out_lora.")
+    expected = before[key] + 0.5 * lora[prefix + "up.weight"] @ lora[prefix + "down.weight"]  # no rank scaling
+    torch.testing.assert_close(motion.state_dict()[key], expected, rtol=0, atol=1e-6)
+    assert handle.num_layers == 4 * 2 * tiny_config("v2").num_modules
+    handle.unmerge()
+    assert _max_diff(before, _snapshot(motion)[0]) < 1e-6
+
+
+def test_v2_motion_lora_on_v3_module_is_a_user_error(tmp_path):
+    path = save(motion_lora_state_dict("v2"), tmp_path / "v2_lora_PanLeft.ckpt")
+    with pytest.raises(UserInputError, match="v2_lora_PanLeft.ckpt: .*mid-block.*v3.*no mid block"):
+        apply_motion_lora(MotionModules(tiny_config("v3")), path, 1.0)
+    with pytest.raises(UserInputError, match="v2_lora_PanLeft.ckpt: .*MotionLoRA"):
+        apply_domain_adapter(tiny_unet(), path, 1.0)
+
+
+def test_domain_adapter_merge_and_errors(tmp_path):
+    unet = tiny_unet()
+    before = _snapshot(unet)[0]
+    adapter = domain_adapter_state_dict(unet, rank=4)
+    assert any(".attn2.processor.to_k_lora.down.weight" in k for k in adapter)
+    handle = apply_domain_adapter(unet, save(adapter, tmp_path / "v3_sd15_adapter.ckpt"), 1.0)
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    prefix = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora."
+    torch.testing.assert_close(unet.state_dict()[key], before[key] + adapter[prefix + "up.weight"] @ adapter[prefix + "down.weight"], rtol=0, atol=1e-6)
+    handle.unmerge()
+    assert _max_diff(before, _snapshot(unet)[0]) < 1e-6
+    xl_adapter = save(domain_adapter_state_dict(tiny_unet(sdxl=True)), tmp_path / "xl_adapter.ckpt")
+    with pytest.raises(UserInputError, match="xl_adapter.ckpt: "):
+        apply_domain_adapter(unet, xl_adapter, 1.0)
