@@ -65,6 +65,12 @@ def test_seeds_are_reproducible(pipe):
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.parametrize("overrides", [dict(scheduler="euler_a"), dict(scheduler="ddim", eta=1.0)])
+def test_stochastic_samplers_take_their_noise_from_the_seed(pipe, overrides):
+    a, b = (pipe.generate(config(steps=2, guidance_scale=1.0, **overrides)).frames for _ in range(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_missing_seed_is_drawn_and_recorded(pipe):
     result = pipe.generate(config(seed=None, steps=1))
     assert isinstance(result.seed, int) and result.config.seed == result.seed

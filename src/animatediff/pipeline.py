@@ -100,8 +100,16 @@ class AnimationPipeline:
         self.vae_scale_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)  # 8 for SD/SDXL
 
     def close(self) -> None:
-        """Detach the motion modules from the base UNet (its hooks and any swapped GroupNorms)."""
+        """Detach the motion modules from the base UNet (its hooks and any swapped GroupNorms). Call it (or
+        use ``with AnimationPipeline(...) as pipe:``) before inflating the same UNet another way, e.g. when
+        a training loop builds a pipeline only to sample validation clips."""
         self.unet.detach()
+
+    def __enter__(self) -> "AnimationPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def default_scheduler_preset(self) -> str:
@@ -286,8 +294,5 @@ class AnimationPipeline:
 def generate(base: BaseModel, motion: MotionModules | None, config: GenerationConfig,
              latents: torch.Tensor | None = None, progress: Progress | None = None) -> GenerationResult:
     """One-shot convenience: build a pipeline, generate, and detach the motion modules again."""
-    pipeline = AnimationPipeline(base, motion)
-    try:
+    with AnimationPipeline(base, motion) as pipeline:
         return pipeline.generate(config, latents=latents, progress=progress)
-    finally:
-        pipeline.close()
