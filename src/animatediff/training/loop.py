@@ -266,7 +266,9 @@ def train(
             for micro in range(accum):
                 generator = torch.Generator().manual_seed(mix_seed(config.seed, 2, step * accum + micro, rank))
                 batch = next(batches)
-                with accelerator.accumulate(model):
+                # Why frames(): gradient checkpointing re-runs hooked layers inside backward(), and the motion
+                # hooks must still know the frame count there (it is reset when forward() returns).
+                with accelerator.accumulate(model), setup.model.denoiser.frames(config.frames_per_sample):
                     loss = training_loss(model, base, noise_scheduler, batch, generator, device)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:

@@ -151,7 +151,7 @@ def merge_domain_adapter(base: BaseModel, path: str) -> None:
     except ImportError:
         apply_domain_adapter = None
     if apply_domain_adapter is not None:
-        apply_domain_adapter(base, path, 1.0)
+        apply_domain_adapter(base.unet, path, 1.0)
         return
     state = load_file(path)
     modules = dict(base.unet.named_modules())
