@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,5 +101,5 @@ def run_eval(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text + "\n")
         logger.info("wrote %s", args.out)
     else:
-        print(text)  # the command's output, not logging
+        sys.stdout.write(text + "\n")  # the command's output (JSON), not a log message
     return 0

@@ -28,7 +28,7 @@ from . import synthetic
 
 # ------------------------------------------------------------------------------------------ optical flow
 
-_DIS = None
+_DIS = None  # one DIS instance, created on first use (not thread-safe; metrics run single-threaded)
 
 
 def optical_flow(frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
