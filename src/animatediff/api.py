@@ -11,7 +11,6 @@ The command line and the web UI are thin layers over this class.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,25 +120,22 @@ class Animator:
         config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **settings)
         return self.pipeline.generate(config, latents=latents, progress=progress)
 
-    def metadata(self, result: GenerationResult, config: GenerationConfig, fps: int) -> dict:
-        """Everything needed to reproduce a clip: settings, files with hashes, seed."""
+    def metadata(self, result: GenerationResult, fps: int) -> dict:
+        """Everything needed to reproduce a clip: resolved settings, files with hashes, seed, LoRAs."""
         files = {name: {"path": path, "sha256": _hash_or_none(path)} for name, path in self.sources.items() if path}
-        return {
-            "generator": "animatediff",
-            "settings": {**dataclasses.asdict(config), "seed": result.seed, "fps": fps},
-            "motion_preset": self.motion.config.name if self.motion is not None else None,
-            "files": files,
-            "loras": [{"path": p, "scale": s, "sha256": _hash_or_none(p)} for p, s in self.lora_set.loras],
-            "motion_loras": [{"path": p, "alpha": s, "sha256": _hash_or_none(p)} for p, s in self.lora_set.motion_loras],
-            "adapter": None
-            if self.lora_set.adapter is None
-            else {"path": self.lora_set.adapter[0], "scale": self.lora_set.adapter[1], "sha256": _hash_or_none(self.lora_set.adapter[0])},
-        }
 
-    def save(self, result: GenerationResult, path: str | Path, fps: int = 8, config: GenerationConfig | None = None) -> Path:
-        """Write the clip (format from the extension) and its JSON sidecar, atomically."""
-        metadata = self.metadata(result, config, fps) if config is not None else None
-        return save_video(result.frames[0], path, fps=fps, metadata=metadata)
+        def weighted(items, key):
+            return [{"path": p, key: s, "sha256": _hash_or_none(p)} for p, s in items]
+
+        adapter = [self.lora_set.adapter] if self.lora_set.adapter else []
+        return result.metadata(
+            generator="animatediff", fps=fps, files=files, loras=weighted(self.lora_set.loras, "scale"),
+            motion_loras=weighted(self.lora_set.motion_loras, "alpha"), adapter=(weighted(adapter, "scale") or [None])[0],
+        )
+
+    def save(self, result: GenerationResult, path: str | Path, fps: int = 8) -> Path:
+        """Write the first clip (format from the extension) and its JSON sidecar, atomically."""
+        return save_video(result.frames[0], path, fps=fps, metadata=self.metadata(result, fps))
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -134,8 +134,8 @@ def _run_jobs(jobs, args) -> int:
         animator.set_loras(job.loras, job.motion_loras, job.adapter)
         config = GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings)
         start = time.perf_counter()
-        result = animator.generate(config, progress=_progress_bar(config.steps, "denoising"))
-        path = animator.save(result, job.out, fps=args.fps, config=config)
+        result = animator.generate(config, progress=_progress_bar(config.steps or 0, "denoising"))
+        path = animator.save(result, job.out, fps=args.fps)
         logger.info("wrote %s (seed %d, %.1f s)", path, result.seed, time.perf_counter() - start)
     return 0
 

@@ -39,11 +39,14 @@ class AcrossFramesGroupNorm(nn.GroupNorm):
         super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
         self.weight, self.bias = norm.weight, norm.bias
         self.context = context
+        # Not a submodule (keys stay unchanged): outside our own video forward, defer to the norm we
+        # replaced, so a second AnimateDiffUNet over the same UNet keeps the first one's behaviour.
+        object.__setattr__(self, "_replaced", norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.context.num_frames
-        if not f or f == 1:
-            return super().forward(x)
+        if not f:
+            return self._replaced(x)
         bf, c, h, w = x.shape
         x = x.view(bf // f, f, c, h, w).transpose(1, 2)  # (b f) c h w -> b c f h w
         x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
