@@ -230,8 +230,11 @@ def test_cli_trains_from_a_diffusers_folder_and_rejects_bad_input(data, tmp_path
 
     base_dir = save_diffusers_folder(tiny_base_model(), tmp_path / "base")
     args = ["motion-module", "--config", "tiny-motion-module", "--base_model", str(base_dir), "--caption_file", str(data),
-            "--size", "32", "--num_frames", "4", "--max_train_steps", "2", "--num_workers", "0", "--output_dir", str(tmp_path / "o")]
+            "--size", "32", "--num_frames", "4", "--max_train_steps", "2", "--num_workers", "0", "--output_dir", str(tmp_path / "o"),
+            "--validation_steps", "2", "--validation_inference_steps", "2", "--validation_size", "32", "--validation_num_frames", "4",
+            "--validation_prompts", "a red circle", "--validation_seeds", "1"]
     assert train_main(args) == 0
+    assert (tmp_path / "o" / "samples" / "step-000002" / "0-seed1.gif").is_file()  # validation GIF from the pipeline
     exported = tmp_path / "o" / "motion-module-final.safetensors"
     assert exported.is_file()
     from animatediff.loading import load_motion_modules

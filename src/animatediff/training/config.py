@@ -12,6 +12,7 @@ at stride 4, 256 px.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -122,7 +123,7 @@ _FIELD_TYPES = typing.get_type_hints(TrainConfig)
 def coerce(key: str, value, source: str):
     """Check and convert one recipe/CLI value to the field's type (YAML reads ``1e-4`` as a string)."""
     hint = _FIELD_TYPES[key]
-    allowed = typing.get_args(hint) or (hint,)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None:
         if type(None) in allowed:
             return None
