@@ -137,7 +137,7 @@ def test_lora_export_merges_to_the_trained_model(mode, data, motion_file, tmp_pa
         _official_merge(motion if motion is not None else base.unet, state)
         reference = AnimateDiffUNet(base.unet, motion)(x, torch.tensor([500]), text)
     torch.testing.assert_close(reference, trained, rtol=1e-4, atol=1e-5)
-    import animatediff.loading as loaders
+    import animatediff.lora as loaders
 
     apply = getattr(loaders, "apply_motion_lora" if motion is not None else "apply_domain_adapter", None)
     if apply is None:  # the project's loaders do not merge LoRAs yet: the official rule above stands in

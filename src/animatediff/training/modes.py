@@ -147,8 +147,8 @@ def fresh_motion(config: TrainConfig, unet, mid_block: bool | None = None) -> Mo
 def merge_domain_adapter(base: BaseModel, path: str) -> None:
     """Merge a domain adapter into the frozen UNet at scale 1 (paper §4.2 trains the motion module on top of it)."""
     try:
-        from ..loading import apply_domain_adapter
-    except ImportError:
+        from ..lora import apply_domain_adapter
+    except ImportError:  # lora.py absent: the official merge rule, inline
         apply_domain_adapter = None
     if apply_domain_adapter is not None:
         apply_domain_adapter(base.unet, path, 1.0)
