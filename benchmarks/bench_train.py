@@ -94,8 +94,11 @@ def main() -> None:
     for size in ["tiny"] + (["full"] if args.full else []):
         for checkpointing in (False, True):
             out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", size, str(int(checkpointing))],
-                                 capture_output=True, text=True, check=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+                                 capture_output=True, text=True)
+            if out.returncode != 0:  # e.g. killed for memory on a shared machine: record it, keep going
+                result = {"error": f"exit {out.returncode}" + (" (killed: out of memory?)" if out.returncode == -9 else "")}
+            else:
+                result = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append((size, checkpointing, result))
             print(size, checkpointing, result, file=sys.stderr)
     import torch
@@ -109,7 +112,10 @@ def main() -> None:
     ]
     for size, checkpointing, r in rows:
         name = "tiny recipe (tests' tiny SD1.5)" if size == "tiny" else "SD1.5 shapes + v3 motion module (random weights)"
-        lines.append(f"| {name} | {'on' if checkpointing else 'off'} | {r['clips_per_s']:.3f} | {1 / r['clips_per_s']:.2f} | {r['peak_memory_mb']:.0f} |")
+        if "error" in r:
+            lines.append(f"| {name} | {'on' if checkpointing else 'off'} | {r['error']} | | |")
+        else:
+            lines.append(f"| {name} | {'on' if checkpointing else 'off'} | {r['clips_per_s']:.3f} | {1 / r['clips_per_s']:.2f} | {r['peak_memory_mb']:.0f} |")
     table = "\n".join(lines)
     print(table)
     (ROOT / "benchmarks" / "train_results.md").write_text("# Training benchmark\n\n" + table + "\n")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
 
 from ..components import BaseModel
 from ..motion_module import MotionModules
@@ -240,7 +241,7 @@ def train(
     accum = config.gradient_accumulation_steps
     sampler = StepSampler(len(dataset), config.batch_size, config.seed, rank, world, start_step=start_step * accum)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                                         persistent_workers=config.num_workers > 0)
+                                         persistent_workers=config.num_workers > 0, worker_init_fn=_ignore_interrupts)
     batches = iter(loader)
     log = MetricsLog(output_dir, accelerator.is_main_process)
     result = TrainResult(step=start_step)
@@ -254,8 +255,6 @@ def train(
         }
         return export.save_checkpoint(output_dir, step, config.mode, setup.export_state(config), base.unet,
                                       {**metadata, "step": str(step)}, training_state, run_info, config.checkpoints_total_limit)
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=config.max_train_steps, initial=start_step, desc=f"train {config.mode}", disable=not accelerator.is_main_process)
     step = start_step
@@ -311,6 +310,11 @@ def train(
     if setup.model.lora is not None:
         setup.model.lora.detach()  # leave the caller's base model as it was given
     return result
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which finishes the step and saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _any_process(accelerator: Accelerator, flag: bool) -> bool:
