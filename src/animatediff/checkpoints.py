@@ -48,10 +48,11 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return {key: f.get_tensor(key) for key in f.keys()}
 
 
-def _load_pickle(path: Path) -> object:
+def _load_pickle(path: Path, mmap: bool) -> object:
     with torch.serialization.safe_globals(_HARMLESS_GLOBALS):
+        if not mmap:
+            return torch.load(path, map_location="cpu", weights_only=True)
         try:
-            # mmap keeps peak memory at one copy for zip-format files (torch >= 1.6 saves)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as error:
             if "mmap" not in str(error) and "zip" not in str(error).lower():
@@ -73,10 +74,12 @@ def _one_line(error: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
     """All tensors of a weight file, unwrapped from ``state_dict``/``controlnet``/``module`` containers.
 
-    Non-tensor entries (``animatediff_config``, ``global_step``, ...) are dropped."""
+    Non-tensor entries (``animatediff_config``, ``global_step``, ...) are dropped. ``mmap`` (pickles): map
+    the file instead of reading it (cheap inspection). Loaders pass ``mmap=False``: weights that stay mapped
+    from the user's file would count twice in RSS once copied, and break if the file is rewritten."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: file not found")
@@ -86,7 +89,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix not in WEIGHT_SUFFIXES:
         raise UserInputError(f"{path}: unsupported file type {suffix or '(none)'}; expected one of {', '.join(WEIGHT_SUFFIXES)}")
     try:
-        raw = _load_safetensors(path) if suffix == ".safetensors" else _load_pickle(path)
+        raw = _load_safetensors(path) if suffix == ".safetensors" else _load_pickle(path, mmap)
     except pickle.UnpicklingError as error:
         detail = " ".join(str(error).split())
         if "Unsupported global" not in detail and "GLOBAL" not in detail:

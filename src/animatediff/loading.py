@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
+from safetensors import safe_open
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
@@ -28,7 +29,7 @@ from diffusers.loaders.single_file_utils import (
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .checkpoints import read_state_dict
+from .checkpoints import read_keys, read_state_dict
 from .components import BaseModel, package_data
 from .convert import clean_official_motion_state_dict, motion_module_from_diffusers
 from .errors import UserInputError
@@ -68,14 +69,16 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
         )
 
 
-def assign_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str, dtype: torch.dtype) -> nn.Module:
-    """Strictly load ``state_dict`` into a (meta-initialised) ``model`` by assignment, casting to ``dtype``.
+def assign_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str, dtype: torch.dtype,
+                      copy: bool = False) -> nn.Module:
+    """Strictly load ``state_dict`` into a (meta-initialised) ``model`` by assignment, casting to ``dtype``
+    (``copy``: always into fresh memory, e.g. away from a memory-mapped file).
 
     Entries are cast and released one at a time, so peak memory stays near one copy of the weights."""
     check_state_dict(model, state_dict, source, what)
     for key in list(state_dict):
         tensor = state_dict.pop(key)
-        state_dict[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        state_dict[key] = tensor.to(dtype, copy=copy) if tensor.is_floating_point() else (tensor.clone() if copy else tensor)
         del tensor
     model.load_state_dict(state_dict, strict=True, assign=True)
     state_dict.clear()
@@ -129,9 +132,39 @@ def _build(cls, config):
         return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
 
 
+class _ComponentReader:
+    """Hands out a checkpoint's tensors one component (key prefix) at a time, already cast to ``dtype``.
+
+    Why: a full-size SD1.5 file holds 1.07 B values; reading it whole (fp16) and then casting (fp32) would
+    hold both copies at once. ``.safetensors`` are read per component from the file; pickles are read
+    whole (they cannot be read in parts) and their entries are released as they are handed out."""
+
+    def __init__(self, path: Path, dtype: torch.dtype):
+        self.path, self.dtype = path, dtype
+        if path.suffix.lower() == ".safetensors":
+            self.keys = list(read_keys(path))
+            self.tensors = None
+        else:
+            self.tensors = read_state_dict(path, mmap=False)
+            self.keys = list(self.tensors)
+
+    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
+    def take(self, *prefixes: str) -> dict[str, torch.Tensor]:
+        keys = [k for k in self.keys if k.startswith(prefixes)]
+        if self.tensors is not None:
+            return {k: self._cast(self.tensors.pop(k)) for k in keys}
+        out = {}
+        for start in range(0, len(keys), 64):  # reopen now and then: mapped file pages count as resident
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                out.update({k: self._cast(f.get_tensor(k)) for k in keys[start : start + 64]})
+        return out
+
+
 def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | None = None) -> BaseModel:
-    checkpoint = read_state_dict(path)
-    kind = detect_ldm_base(checkpoint)
+    reader = _ComponentReader(path, dtype)
+    kind = detect_ldm_base(reader.keys)
     if kind not in ("sd15", "sdxl"):
         what = {None: "no model.diffusion_model.* keys, so it is not a Stable Diffusion checkpoint",
                 "sd2": "it is a Stable Diffusion 2.x checkpoint (OpenCLIP-H text encoder)",
@@ -140,39 +173,33 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | N
     source = str(path)
     configs = _config_dir(kind, config_dir)
 
-    # UNet: convert, drop the raw entries so the converted dict holds the only references, assign.
     unet_config = _config(configs, "unet")
-    raw = {k: v for k, v in checkpoint.items() if k.startswith(LDM_UNET_PREFIX)}
+    raw = reader.take(LDM_UNET_PREFIX)
     converted = convert_ldm_unet_checkpoint(raw, unet_config)
     leftover = _unused(raw, converted)
     if leftover:
         raise UserInputError(f"{source}: UNet has {len(leftover)} keys of no known layer (e.g. {_examples(leftover)})")
-    for k in raw:
-        del checkpoint[k]
-    del raw
+    del raw  # the converted dict now holds the only references
     unet = assign_state_dict(_build(UNet2DConditionModel, unet_config), converted, source, f"{kind} UNet", dtype)
 
     vae_config = _config(configs, "vae")
-    converted = convert_ldm_vae_checkpoint(checkpoint, vae_config)
-    for k in [k for k in checkpoint if k.startswith(("first_stage_model.", "vae."))]:
-        del checkpoint[k]
+    converted = convert_ldm_vae_checkpoint(reader.take("first_stage_model.", "vae."), vae_config)
     vae = assign_state_dict(_build(AutoencoderKL, vae_config), converted, source, f"{kind} VAE", dtype)
 
     text_config = CLIPTextConfig.from_pretrained(str(configs / "text_encoder"), local_files_only=True)
     text_encoder = _build(CLIPTextModel, text_config)
-    converted = _text_model_keys(convert_ldm_clip_checkpoint(checkpoint), text_encoder)
-    text_encoder = assign_state_dict(text_encoder, converted, source, f"{kind} text encoder", dtype)
+    converted = convert_ldm_clip_checkpoint(reader.take("cond_stage_model.transformer.", "conditioner.embedders.0.transformer."))
+    text_encoder = assign_state_dict(text_encoder, _text_model_keys(converted, text_encoder), source, f"{kind} text encoder", dtype)
     tokenizer = _tokenizer()
 
     text_encoder_2 = tokenizer_2 = None
     if kind == "sdxl":
         config_2 = CLIPTextConfig.from_pretrained(str(configs / "text_encoder_2"), local_files_only=True)
         text_encoder_2 = _build(CLIPTextModelWithProjection, config_2)
-        converted = convert_open_clip_checkpoint(text_encoder_2, checkpoint, prefix=_SDXL_OPEN_CLIP_PREFIX)
+        converted = convert_open_clip_checkpoint(text_encoder_2, reader.take(_SDXL_OPEN_CLIP_PREFIX), prefix=_SDXL_OPEN_CLIP_PREFIX)
         converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
         text_encoder_2 = assign_state_dict(text_encoder_2, converted, source, "sdxl text encoder 2", dtype)
         tokenizer_2 = _tokenizer(pad_token="!")
-    checkpoint.clear()
     return BaseModel(kind=kind, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                      text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, source=source)
 
@@ -279,8 +306,8 @@ def _read_motion_source(source) -> tuple[dict, str, dict]:
         if not weights:
             raise UserInputError(f"{path}: folder has no diffusion_pytorch_model.safetensors (expected a diffusers MotionAdapter)")
         config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-        return read_state_dict(weights[0]), str(path), config
-    return read_state_dict(path), str(path), {}
+        return read_state_dict(weights[0], mmap=False), str(path), config
+    return read_state_dict(path, mmap=False), str(path), {}
 
 
 def motion_config_from_state_dict(state_dict: dict, name: str = "", preset: str | None = None) -> MotionModuleConfig:

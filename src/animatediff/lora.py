@@ -64,7 +64,7 @@ def _add_delta(param: nn.Parameter, up: torch.Tensor, down: torch.Tensor, factor
 def _read(source, what: str) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(source, dict):
         return dict(source), f"{what} (in memory)"
-    return read_state_dict(source), str(source)
+    return read_state_dict(source, mmap=False), str(source)
 
 
 def _fits(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> bool:
