@@ -20,8 +20,8 @@ import torch
 
 from .checkpoints import file_sha256
 from .components import BaseModel
-from .errors import UserInputError
-from .loading import apply_domain_adapter, apply_lora, apply_motion_lora, load_base_model, load_motion_modules
+from .loading import load_base_model, load_motion_modules
+from .lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from .motion_module import MotionModules
 from .pipeline import AnimationPipeline, GenerationConfig, GenerationResult
 from .video_io import save_video
@@ -61,18 +61,16 @@ class Animator:
         max_frames: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        model_config: str | None = None,
     ) -> "Animator":
-        """Load a base model (diffusers folder, cached repo id or single file) and a motion module file."""
-        base = load_base_model(model, dtype=dtype, device=device)
+        """Load a base model (diffusers folder, cached repo id or single file) and a motion module file.
+        ``model_config``: a folder of component configs for a single file that is not stock SD1.5/SDXL."""
+        base = load_base_model(model, dtype=dtype, device=device, config_dir=model_config)
         motion = None
         if motion_module:
-            motion = load_motion_modules(motion_module, preset=motion_preset, max_frames=max_frames)
-            if motion.config.base != base.kind:
-                raise UserInputError(
-                    f"{motion_module}: a {motion.config.base.upper()} motion module ({motion.config.name}) "
-                    f"cannot animate the {base.kind.upper()} model {model}"
-                )
-            motion.to(device=device, dtype=dtype)
+            # unet=: a module set built for another base (SDXL on SD1.5) is refused, naming the file
+            motion = load_motion_modules(motion_module, preset=motion_preset, max_frames=max_frames, unet=base.unet, dtype=dtype)
+            motion.to(device=device)
         return cls(base, motion, sources={"model": model, "motion_module": motion_module or ""})
 
     # ---- LoRAs -----------------------------------------------------------------------------------

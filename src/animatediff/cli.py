@@ -129,7 +129,7 @@ def _run_jobs(jobs, args) -> int:
             animator = None  # free the previous model before loading the next one
             logger.info("loading %s + %s", job.model, job.motion_module or "no motion module")
             animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset,
-                                     max_frames=args.max_frames, dtype=dtype, device=device)
+                                     max_frames=args.max_frames, dtype=dtype, device=device, model_config=args.model_config)
             loaded = key
         animator.set_loras(job.loras, job.motion_loras, job.adapter)
         config = GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings)
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", help="the prompt (omit with --config)")
     gen.add_argument("--config", help="official AnimateDiff prompt-config YAML (configs/prompts/*.yaml)")
     gen.add_argument("--model", help="base model: diffusers folder, cached Hugging Face repo id, or single-file .safetensors/.ckpt")
+    gen.add_argument("--model-config", help="folder with unet/, vae/, text_encoder/ config.json for a single-file model that is not stock SD1.5/SDXL")
     gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
     gen.add_argument("--motion-preset", help="force the motion module preset (v1, v2, v3, sdxl-beta, animatelcm, lightning) instead of detecting it")
     gen.add_argument("--max-frames", type=int, help="extend the (recomputed) position encoding to this many frames")
@@ -192,7 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party() -> None:
+    """diffusers/transformers print their own loading bars and warnings; ours are enough."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO

@@ -1,0 +1,162 @@
+"""The command line end to end on tiny fabricated files in the formats users have."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from animatediff.cli import main
+from animatediff.video_io import read_frames, sidecar_path
+
+import fixtures
+from tiny_models import save_diffusers_folder, tiny_base_model
+
+FAST = ["--frames", "4", "--width", "64", "--height", "64", "--steps", "2", "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    base = tiny_base_model()
+    sdxl = tiny_base_model(sdxl=True)
+    paths = {
+        "ldm": fixtures.save(fixtures.ldm_checkpoint(base), d / "tiny_sd15.safetensors"),
+        "folder": save_diffusers_folder(base, d / "tiny_sd15_diffusers"),
+        "v2": fixtures.save(fixtures.official_motion_state_dict("v2", config_entry=True), d / "mm_sd_v15_v2.ckpt", wrapper="state_dict"),
+        "v3": fixtures.save(fixtures.official_motion_state_dict("v3"), d / "v3_sd15_mm.ckpt"),
+        "sdxl_mm": fixtures.save(fixtures.official_motion_state_dict("sdxl-beta"), d / "mm_sdxl_v10_beta.ckpt"),
+        "lora": fixtures.save(fixtures.kohya_lora_state_dict(base), d / "style.safetensors"),
+        "sdxl_lora": fixtures.save(fixtures.kohya_lora_state_dict(sdxl), d / "sdxl_style.safetensors"),
+        "motion_lora": fixtures.save(fixtures.motion_lora_state_dict("v2"), d / "v2_lora_ZoomIn.ckpt"),
+        "motion_lora_b": fixtures.save(fixtures.motion_lora_state_dict("v2", seed=1), d / "v2_lora_PanLeft.ckpt"),
+        "adapter": fixtures.save(fixtures.domain_adapter_state_dict(base.unet), d / "v3_sd15_adapter.ckpt"),
+        "pickle": fixtures.write_code_execution_pickle(d / "evil.ckpt"),
+        "truncated": fixtures.write_truncated_safetensors(d / "truncated.safetensors"),
+        "corrupt": fixtures.write_corrupt(d / "corrupt.ckpt"),
+    }
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _generate(files, out, *extra):
+    return main(["-q", "generate", "a red circle", *_model(files), "--motion-module", files["v2"], *FAST, "--out", str(out), *extra])
+
+
+def _model(files):
+    """The tiny model as a single LDM file; its architecture is not stock SD1.5, so --model-config says it."""
+    return ["--model", files["ldm"], "--model-config", files["folder"]]
+
+
+@pytest.mark.parametrize("name", ["clip.gif", "clip.mp4", "clip.webp", "frames"])
+def test_every_output_format(files, tmp_path, name):
+    out = tmp_path / name
+    assert _generate(files, out) == 0
+    frames = read_frames(out)
+    assert frames.shape == (4, 64, 64, 3) or (name.endswith(".gif") and frames.shape[1:] == (64, 64, 3))
+    assert sidecar_path(out).exists()
+
+
+def test_full_stack_with_loras_and_sidecar(files, tmp_path):
+    import json
+
+    out = tmp_path / "clip.gif"
+    code = _generate(files, out, "--lora", files["lora"] + ":0.6", "--motion-lora", files["motion_lora"] + ":1.0",
+                     "--motion-lora", files["motion_lora_b"] + ":0.5", "--negative", "blurry")
+    assert code == 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["seed"] == 7 and meta["steps"] == 2 and meta["negative_prompt"] == "blurry"
+    assert meta["loras"][0]["scale"] == 0.6 and len(meta["motion_loras"]) == 2
+    assert len(meta["files"]["motion_module"]["sha256"]) == 64
+
+
+def test_same_seed_same_video_and_loras_change_it(files, tmp_path):
+    a, b, c = tmp_path / "a.gif", tmp_path / "b.gif", tmp_path / "c.gif"
+    assert _generate(files, a) == 0 and _generate(files, b) == 0
+    assert _generate(files, c, "--motion-lora", files["motion_lora"] + ":1.0") == 0
+    fa, fb, fc = (torch.from_numpy(read_frames(p)).float() for p in (a, b, c))
+    assert torch.equal(fa, fb)
+    assert fa.shape != fc.shape or (fa - fc).abs().max() > 0
+
+
+def test_diffusers_folder_and_v3_with_adapter(files, tmp_path):
+    out = tmp_path / "v3.gif"
+    assert main(["-q", "generate", "a blue square", "--model", files["folder"], "--motion-module", files["v3"],
+                 "--adapter", files["adapter"] + ":0.8", *FAST, "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_official_prompt_yaml(files, tmp_path):
+    recipe = tmp_path / "2_motionlora.yaml"
+    recipe.write_text(f"""
+- dreambooth_path: "{files['ldm']}"
+  lora_model_path: "{files['lora']}"
+  lora_alpha: 0.6
+  inference_config: "configs/inference/inference-v2.yaml"
+  motion_module: "{files['v2']}"
+  motion_module_lora_configs:
+    - path: "{files['motion_lora']}"
+      alpha: 1.0
+  seed: [1, 2]
+  steps: 2
+  guidance_scale: 7.5
+  W: 64
+  H: 64
+  L: 4
+  prompt: ["a red circle", "a green star"]
+  n_prompt: [""]
+""")
+    out = tmp_path / "samples"
+    assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(out)]) == 0
+    written = sorted(p.name for p in out.glob("*.gif"))
+    assert written == ["0-a-red-circle.gif", "1-a-green-star.gif"]
+
+
+def test_inspect_names_each_kind(files, capsys):
+    assert main(["inspect", files["v2"], files["v3"], files["sdxl_mm"], files["motion_lora"], files["adapter"], files["lora"], files["ldm"]]) == 0
+    text = capsys.readouterr().out.lower()
+    for word in ("motion-module v2", "motion-module v3", "sdxl", "motion-lora", "domain-adapter", "lora", "sd15-checkpoint"):
+        assert word in text, word
+
+
+BAD = {
+    "sdxl motion module on sd15": (["--motion-module", "{sdxl_mm}"], "sdxl"),
+    "v2 motion lora on v3": (["--motion-module", "{v3}", "--motion-lora", "{motion_lora}"], "mid"),
+    "lora for another base": (["--lora", "{sdxl_lora}"], "sdxl_style.safetensors"),
+    "truncated file": (["--motion-module", "{truncated}"], "truncated.safetensors"),
+    "corrupt file": (["--motion-module", "{corrupt}"], "corrupt.ckpt"),
+    "code-execution pickle": (["--motion-module", "{pickle}"], "evil.ckpt"),
+    "missing file": (["--lora", "/nonexistent/x.safetensors"], "x.safetensors"),
+    "width not divisible by 8": (["--width", "66"], "--width"),
+    "too many frames": (["--frames", "40"], "--frames"),
+    "unknown extension": (["--out", "{tmp}/clip.avi"], "--out"),
+    "unknown scheduler": (["--scheduler", "plms2"], "--scheduler"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_no_output(files, tmp_path, capsys, case):
+    extra, expected = BAD[case]
+    args = {"motion_module": files["v2"]}
+    extra = [e.format(**files, tmp=tmp_path) for e in extra]
+    out = tmp_path / "clip.gif"
+    argv = ["-q", "generate", "a red circle", *_model(files), *FAST, "--out", str(out)]
+    if "--motion-module" not in extra:
+        argv += ["--motion-module", args["motion_module"]]
+    argv += extra  # later flags win
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert expected.lower() in err[0].lower(), err[0]
+    assert not any(tmp_path.iterdir()), "no output may be left behind"
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(files, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "animatediff", "generate", "x", *_model(files), "--motion-module", files["pickle"],
+         "--out", str(tmp_path / "a.gif")], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: evil.ckpt") or "evil.ckpt" in proc.stderr.strip().splitlines()[-1]
