@@ -20,6 +20,7 @@ import torch
 
 from .checkpoints import file_sha256
 from .components import BaseModel
+from .errors import UserInputError
 from .loading import load_base_model, load_motion_modules
 from .lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from .motion_module import MotionModules
