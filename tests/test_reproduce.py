@@ -1,0 +1,129 @@
+"""The reproduction report (issue 4, item 5): the summaries and targets on clips whose answers are known, the
+report rendering, and a smoke run of the experiments on the bundled family (2 prompts, tiny settings)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from animatediff import reproduce, synthetic
+from animatediff.demo import report
+from animatediff.errors import UserInputError
+from animatediff.reproduce import Clip, Results, Settings
+
+TINY = Settings(num_frames=8, table_prompts=2, seeds=(1,), camera_prompts=1, camera_seeds=(1,), ceiling_clips=1)
+
+
+def test_prompts_are_fixed_and_name_attributes():
+    first = [synthetic.caption(s) for s in reproduce.table_specs(Settings())]
+    assert first == [synthetic.caption(s) for s in reproduce.table_specs(Settings())]
+    assert len(first) == Settings().table_prompts and len(set(first)) == len(first)
+    for spec, prompt in zip(reproduce.table_specs(Settings()), first):
+        parsed = reproduce.metrics.parse_prompt(prompt)
+        assert [o for o, _ in parsed["objects"]] == [o.color for o in spec.objects]
+        assert parsed["background"] == spec.background_color
+    camera = [synthetic.caption(s, motion=False) for s in reproduce.camera_specs(Settings())]
+    assert all(len(s.objects) == 1 and s.objects[0].motion == "static" for s in reproduce.camera_specs(Settings()))
+    assert not any(phrase in p for p in camera for phrase in synthetic.CAMERA_PHRASES.values())
+
+
+def test_model_files_need_base_and_motion_module(tmp_path):
+    with pytest.raises(UserInputError, match="--models .*no base model"):
+        reproduce.model_files(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model_index.json").write_text("{}")
+    with pytest.raises(UserInputError, match="--models .*no motion module"):
+        reproduce.model_files(tmp_path)
+    (tmp_path / "motion_module.safetensors").write_bytes(b"")
+    (tmp_path / "motion_loras").mkdir()
+    (tmp_path / "motion_loras" / "ZoomIn.safetensors").write_bytes(b"")
+    files = reproduce.model_files(tmp_path)
+    assert files.personal is None and files.personal_lora is None and files.domain_adapter is None
+    assert list(files.motion_loras) == ["ZoomIn"]
+    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2, "image": 0}
+
+
+def _clip(experiment, condition, spec, frames, seed=0, settings=TINY):
+    prompt = synthetic.caption(spec)
+    return Clip(experiment, condition, prompt, seed, reproduce.clip_metrics(frames, prompt, settings.fps), 1.0, frames)
+
+
+def _known_results() -> Results:
+    """Clips with known answers: AnimateDiff = the ground-truth video, frame-by-frame = every frame from another
+    scene (independent samples), a watermark that the "adapter" removes at scale 0, exact camera moves."""
+    files = reproduce.ModelFiles(root=None, base=None, motion_module=None)
+    results = Results(TINY, files)
+    size = (TINY.num_frames, TINY.height, TINY.width)
+    for i, spec in enumerate(reproduce.table_specs(TINY)):
+        video = synthetic.make_video(spec, *size, watermark=False)
+        others = [synthetic.make_image(synthetic.random_spec(np.random.default_rng([9, i, t]), "video"))
+                  for t in range(TINY.num_frames)]
+        results.clips += [_clip("table1", reproduce.ANIMATEDIFF_BASE, spec, video),
+                          _clip("table1", reproduce.FRAME_BY_FRAME, spec, np.stack(others)),
+                          _clip("adapter", "scale 1", spec, synthetic.add_watermark(video)),
+                          _clip("adapter", "scale 0", spec, video)]
+        styled = dataclasses.replace(spec, style="personal")
+        results.clips += [_clip("table1", reproduce.ANIMATEDIFF_LORA, styled, synthetic.make_video(styled, *size)),
+                          _clip("reference", reproduce.ANIMATEDIFF_LORA, styled, synthetic.make_image(styled)[None])]
+    for spec in reproduce.camera_specs(TINY):
+        for move in synthetic.CAMERA_MOVES:
+            frames = synthetic.make_video(dataclasses.replace(spec, camera=move), *size)
+            results.clips.append(_clip("camera", move, spec, frames))
+            results.clips.append(_clip("ceiling", move, spec, frames))
+        both = synthetic.camera_move(synthetic.make_video(dataclasses.replace(spec, camera="ZoomIn"), *size), "PanLeft")
+        results.clips.append(_clip("combined", "ZoomIn + PanLeft", spec, both))
+    return results
+
+
+def test_targets_pass_on_clips_with_known_answers():
+    results = _known_results()
+    verdicts = {t.claim: t.passed for t in reproduce.targets(results)}
+    assert verdicts["motion module smooths the frames"] is True
+    assert verdicts["... while the clips still move"] is True
+    assert verdicts["MotionLoRA learns camera moves"] is True
+    assert verdicts["domain adapter absorbs the watermark"] is True
+    assert verdicts[f"{reproduce.ANIMATEDIFF_LORA} keeps the personal domain"] is True
+    assert verdicts["text alignment is kept"] is True
+    assert verdicts[f"{reproduce.ANIMATEDIFF_PERSONAL} keeps the personal domain"] is None  # not run
+    assert reproduce.combined_table(results)["both"] == 1.0
+
+
+def test_targets_miss_when_the_claim_fails():
+    results = _known_results()
+    for clip in results.select("table1", reproduce.ANIMATEDIFF_BASE):
+        clip.metrics = next(c for c in results.select("table1", reproduce.FRAME_BY_FRAME) if c.prompt == clip.prompt).metrics
+    results.clips = [c for c in results.clips if c.experiment != "adapter" or c.condition != "scale 0"] + [
+        dataclasses.replace(c, condition="scale 0") for c in results.select("adapter", "scale 1")]
+    verdicts = {t.claim: t.passed for t in reproduce.targets(results)}
+    assert verdicts["motion module smooths the frames"] is False
+    assert verdicts["domain adapter absorbs the watermark"] is False
+
+
+def test_report_renders_tables_plot_and_examples(tmp_path):
+    results = _known_results()
+    examples = report.write_examples(results, tmp_path)
+    assert [name for name, *_ in examples] == ["example-frame-by-frame-t2i-base.gif", "example-animatediff-base.gif",
+                                               "example-animatediff-base-lora.gif", "example-zoomin.gif",
+                                               "example-zoomin-panleft.gif"]
+    report.write_plot(results, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    text = report.render(results, {"command": "`x`"}, examples, strip=False)
+    assert "| motion module smooths the frames |" in text and "**PASS**" in text and "**MISS**" not in text
+    assert "not run" in text  # the full finetune is absent
+
+
+def test_smoke_run_on_the_bundled_family():
+    """The report's code on 2 prompts at tiny settings; the metrics fall in the ranges the report states."""
+    try:
+        files = reproduce.model_files()
+    except UserInputError:
+        pytest.skip("the bundled demo family is not installed")
+    start = time.perf_counter()
+    results = reproduce.run(files, reproduce.SMOKE_SETTINGS)
+    values = reproduce.smoke_values(results)
+    for name, (lo, hi) in reproduce.SMOKE_RANGES.items():
+        assert lo <= values[name] <= hi, (name, values[name], (lo, hi))
+    assert time.perf_counter() - start < 60
