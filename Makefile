@@ -11,7 +11,7 @@ install:
 
 demo: install
 	$(PY) scripts/make_random_model.py $(DEMO)/model
-	animatediff generate "a red circle bouncing on a blue striped background" \
+	$(PY) -m animatediff generate "a red circle bouncing on a blue striped background" \
 		--model $(DEMO)/model/base --motion-module $(DEMO)/model/motion_module.safetensors \
 		--frames 16 --width 64 --height 64 --steps 8 --seed 42 --out $(DEMO)/demo.gif
 
