@@ -240,6 +240,10 @@ def test_cli_trains_from_a_diffusers_folder_and_rejects_bad_input(data, tmp_path
     from animatediff.loading import load_motion_modules
 
     load_motion_modules(str(exported))
+    clip = tmp_path / "trained.gif"  # what `train motion-module` writes is what `generate --motion-module` reads
+    assert animatediff_main(["-q", "generate", "a red circle", "--model", str(base_dir), "--motion-module", str(exported),
+                             "--frames", "4", "--width", "32", "--height", "32", "--steps", "2", "--out", str(clip)]) == 0
+    assert clip.is_file()
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("learning_rate: 1e-4\nlerning_rate: 3\n")
