@@ -1,0 +1,381 @@
+"""Retrain the bundled demo family end to end:  ``python -m animatediff.demo.build [--out DIR] [--work DIR]``.
+
+Stages, in order (each skipped when its output already exists in ``--work``, unless named in ``--force``):
+
+    data            synthetic.write_dataset: watermark-free images, watermarked videos, the personal style set
+    vae             demo/vae.py: a small AutoencoderKL (MSE + small KL), scaling factor = 1 / latent std
+    init            the base model before training: trained VAE + a seeded random CLIP text encoder (frozen
+                    for good: the UNet learns to read its embeddings) + a random small UNet, as a diffusers folder
+    base            animatediff train image           --config demo/base            (images)
+    personal        animatediff train image           --config demo/personal        (style set)
+    personal-lora   animatediff train domain-adapter  --config demo/personal-lora   (style set) -> kohya keys
+    domain-adapter  animatediff train domain-adapter  --config demo/domain-adapter  (video frames)
+    motion-module   animatediff train motion-module   --config demo/motion-module   (clips, adapter merged)
+    motion-loras    animatediff train motion-lora     --config demo/motion-lora     (x8, one per camera move)
+    package         everything to fp16 .safetensors in --out, plus demo.json (settings, steps, times, losses)
+
+Every stage but the VAE runs the project's own ``animatediff train`` command in a subprocess, with a
+committed recipe from ``animatediff/data/recipes/demo``. ``--steps-scale 0.02`` makes a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("animatediff.demo.build")
+
+STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
+          "motion-loras", "package")
+CAMERA_MOVES = ("ZoomIn", "ZoomOut", "PanLeft", "PanRight", "TiltUp", "TiltDown", "RollingClockwise",
+                "RollingAnticlockwise")
+
+# Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
+NUM_IMAGES, NUM_VIDEOS, NUM_STYLE, CLIPS_PER_MOVE = 1500, 480, 48, 32
+
+UNET_CONFIG = dict(  # SD1.5's UNet2DConditionModel structure (4 levels) at toy width: 8x8 latents -> 8, 4, 2, 1
+    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 96, 96), layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    # Why 4 levels: motion-module files are told apart by their down-block count (4: SD1.5, 3: SDXL beta).
+    # Why 32 groups: the motion-module loader uses gcd(32, channels) groups; the UNet (and the motion modules
+    # trained on it, which take the UNet's value) must agree with it.
+    norm_num_groups=32, cross_attention_dim=32, attention_head_dim=4,
+)
+TEXT_CONFIG = dict(  # the real CLIP vocabulary (the shipped tokenizer), a 2-layer 32-wide transformer
+    vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+TEXT_SEED = 1234
+GENERATION_DEFAULTS = dict(width=64, height=64, num_frames=16, steps=10, guidance_scale=7.5,
+                           scheduler="ddim", scheduler_preset="animatediff")
+
+
+class Builder:
+    def __init__(self, out: Path, work: Path, steps_scale: float, force: set[str]):
+        self.out, self.work, self.steps_scale, self.force = out, work, steps_scale, force
+        self.data = work / "data"
+        self.runs = work / "runs"
+        self.record_path = work / "stages.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+
+    def save_record(self, stage: str, info: dict) -> None:
+        self.record[stage] = info
+        self.record_path.write_text(json.dumps(self.record, indent=2))
+
+    def done(self, stage: str, marker: Path) -> bool:
+        if stage in self.force or not marker.exists():
+            return False
+        logger.info("stage %s: already done (%s)", stage, marker)
+        return True
+
+    # ---- data --------------------------------------------------------------------------------------
+    def stage_data(self) -> None:
+        from ..synthetic import write_dataset
+
+        if self.done("data", self.data / "clips.csv"):
+            return
+        started = time.perf_counter()
+        write_dataset(self.data / "images", NUM_IMAGES, "image", seed=1)
+        write_dataset(self.data / "style", NUM_STYLE, "style", seed=2)
+        write_dataset(self.data / "videos", NUM_VIDEOS, "video", seed=3)
+        for name in ("images", "style"):  # PNGs: a path,caption CSV (the WebVid CSV names .mp4 files)
+            _rewrite_csv(self.data / name / "captions.csv", self.data / f"{name}.csv", ".png")
+        _rewrite_csv(self.data / "videos" / "captions.csv", self.data / "videos.csv", ".mp4")
+        with open(self.data / "videos.csv") as f:
+            rows = list(csv.DictReader(f))
+        for i, move in enumerate(CAMERA_MOVES):  # a different few dozen ordinary clips per move (paper §4.3)
+            _write_csv(self.data / f"clips-{move}.csv", rows[i * CLIPS_PER_MOVE:(i + 1) * CLIPS_PER_MOVE])
+        _write_csv(self.data / "clips.csv", rows[:CLIPS_PER_MOVE])
+        self.save_record("data", {"images": NUM_IMAGES, "videos": NUM_VIDEOS, "style_images": NUM_STYLE,
+                                  "clips_per_move": CLIPS_PER_MOVE, "seconds": round(time.perf_counter() - started, 1)})
+
+    # ---- VAE ---------------------------------------------------------------------------------------
+    def stage_vae(self) -> None:
+        from .vae import VAEConfig, train_vae
+
+        target = self.work / "vae"
+        if self.done("vae", target / "config.json"):
+            return
+        images = _read_training_images(self.data)
+        config = VAEConfig(steps=max(2, int(VAEConfig.steps * self.steps_scale)))
+        result = train_vae(images, config)
+        result.vae.save_pretrained(target)
+        self.save_record("vae", {
+            "config": {k: v for k, v in vars(config).items()}, "train_images": len(images),
+            "parameters": _count(result.vae), "seconds": round(result.seconds, 1), "steps": config.steps,
+            "first_mse": round(result.losses[0], 5), "final_mse": round(float(np.mean(result.losses[-20:])), 5),
+            "latent_mean": round(result.latent_mean, 4), "latent_std": round(result.latent_std, 4),
+            "scaling_factor": round(result.scaling_factor, 5),
+        })
+
+    # ---- initial base model --------------------------------------------------------------------------
+    def stage_init(self) -> None:
+        import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        target = self.work / "init"
+        if self.done("init", target / "model_index.json"):
+            return
+        torch.manual_seed(TEXT_SEED)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        vae = AutoencoderKL.from_pretrained(self.work / "vae")
+        write_diffusers_folder(target, unet, vae, text_encoder)
+        self.save_record("init", {"unet_config": UNET_CONFIG, "text_config": TEXT_CONFIG, "text_seed": TEXT_SEED,
+                                  "unet_parameters": _count(unet), "text_encoder_parameters": _count(text_encoder)})
+
+    # ---- the training stages (animatediff train ...) -------------------------------------------------
+    def train(self, stage: str, mode: str, recipe: str, output: Path, marker: Path, **options) -> None:
+        if self.done(stage, marker):
+            return
+        from ..training.config import load_config
+
+        steps = load_config(mode, f"demo/{recipe}", {"video_folder": ".", "motion_module": "-"}).max_train_steps
+        if self.steps_scale != 1.0:
+            options["max_train_steps"] = max(2, int(steps * self.steps_scale))
+            options["checkpointing_steps"] = options["max_train_steps"]
+        shutil.rmtree(output, ignore_errors=True)
+        command = [sys.executable, "-m", "animatediff", "-q", "train", mode, "--config", f"demo/{recipe}",
+                   "--output_dir", str(output)]
+        for key, value in options.items():
+            command += [f"--{key}", str(value)]
+        logger.info("stage %s: %s", stage, " ".join(command[2:]))
+        log = output.parent / f"{output.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(log, "w") as f:
+            status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_MININTERVAL": "30"}).returncode
+        seconds = time.perf_counter() - started
+        if status != 0:
+            raise SystemExit(f"stage {stage} failed (exit {status}); see {log}")
+        losses = _losses(output / "train_log.csv")
+        self.save_record(stage, {
+            "command": "animatediff " + " ".join(command[4:]), "recipe": f"demo/{recipe}", "steps": len(losses),
+            "seconds": round(seconds, 1), "first_loss": round(losses[0], 4),
+            "final_loss": round(float(np.mean(losses[-max(1, len(losses) // 10):])), 4),
+        })
+
+    def stage_base(self) -> None:
+        run = self.runs / "base"
+        self.train("base", "image", "base", run, self.work / "base" / "model_index.json",
+                   base_model=self.work / "init", caption_file=self.data / "images.csv")
+        if not (self.work / "base" / "model_index.json").exists() or "base" in self.force:
+            _swap_unet(self.work / "init", run / "unet-final", self.work / "base")
+
+    def stage_personal(self) -> None:
+        run = self.runs / "personal"
+        self.train("personal", "image", "personal", run, self.work / "personal" / "model_index.json",
+                   base_model=self.work / "base", caption_file=self.data / "style.csv")
+        if not (self.work / "personal" / "model_index.json").exists() or "personal" in self.force:
+            _swap_unet(self.work / "base", run / "unet-final", self.work / "personal")
+
+    def stage_personal_lora(self) -> None:
+        run = self.runs / "personal-lora"
+        self.train("personal-lora", "domain-adapter", "personal-lora", run, run / "domain-adapter-final.safetensors",
+                   base_model=self.work / "base", caption_file=self.data / "style.csv")
+
+    def stage_domain_adapter(self) -> None:
+        run = self.runs / "domain-adapter"
+        self.train("domain-adapter", "domain-adapter", "domain-adapter", run, run / "domain-adapter-final.safetensors",
+                   base_model=self.work / "base", caption_file=self.data / "videos.csv")
+
+    def stage_motion_module(self) -> None:
+        run = self.runs / "motion-module"
+        self.train("motion-module", "motion-module", "motion-module", run, run / "motion-module-final.safetensors",
+                   base_model=self.work / "base", caption_file=self.data / "videos.csv",
+                   domain_adapter=self.runs / "domain-adapter" / "domain-adapter-final.safetensors")
+
+    def stage_motion_loras(self) -> None:
+        for move in CAMERA_MOVES:
+            run = self.runs / f"motion-lora-{move}"
+            self.train(f"motion-lora-{move}", "motion-lora", "motion-lora", run, run / "motion-lora-final.safetensors",
+                       base_model=self.work / "base", caption_file=self.data / f"clips-{move}.csv", camera_move=move,
+                       motion_module=self.runs / "motion-module" / "motion-module-final.safetensors",
+                       domain_adapter=self.runs / "domain-adapter" / "domain-adapter-final.safetensors")
+
+    # ---- package -------------------------------------------------------------------------------------
+    def stage_package(self) -> None:
+        from ..convert import processor_lora_to_kohya
+
+        out = self.out
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("base", "personal"):
+            _fp16_folder(self.work / name, tmp / name)
+        _fp16_file(self.runs / "domain-adapter" / "domain-adapter-final.safetensors", tmp / "domain_adapter.safetensors")
+        _fp16_file(self.runs / "motion-module" / "motion-module-final.safetensors", tmp / "motion_module.safetensors")
+        _fp16_file(self.runs / "personal-lora" / "domain-adapter-final.safetensors", tmp / "personal-lora.safetensors",
+                   convert=processor_lora_to_kohya)
+        for move in CAMERA_MOVES:
+            _fp16_file(self.runs / f"motion-lora-{move}" / "motion-lora-final.safetensors",
+                       tmp / "motion_loras" / f"{move}.safetensors")
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*.safetensors"))}
+        meta = {
+            "description": "The bundled demo family of animatediff, trained by `python -m animatediff.demo.build` "
+                           "on the synthetic shapes world (animatediff.synthetic). Weights: fp16.",
+            "generation_defaults": GENERATION_DEFAULTS,
+            "motion_module": {"preset": "v3", "block_out_channels": list(UNET_CONFIG["block_out_channels"]),
+                              "layers_per_block": UNET_CONFIG["layers_per_block"], "norm_num_groups": 32,
+                              "num_attention_heads": 8, "position_encoding_length": 32},
+            "text_encoder": "seeded random init (torch.manual_seed(%d)), frozen: never trained" % TEXT_SEED,
+            "steps_scale": self.steps_scale,
+            "stages": self.record,
+            "parameters": _parameter_counts(tmp),
+            "files_bytes": files,
+            "total_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
+        }
+        (tmp / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        logger.info("wrote %s: %.1f MB", out, meta["total_bytes"] / 1e6)
+
+    def run(self, only: list[str] | None) -> None:
+        for stage in STAGES:
+            if only and stage not in only:
+                continue
+            logger.info("=== stage %s", stage)
+            getattr(self, "stage_" + stage.replace("-", "_"))()
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+def _rewrite_csv(source: Path, target: Path, suffix: str) -> None:
+    """WebVid ``videoid,name`` (in ``source``'s folder) -> ``path,caption`` relative to ``target``'s folder."""
+    with open(source) as f:
+        rows = list(csv.DictReader(f))
+    folder = source.parent.name
+    _write_csv(target, [{"path": f"{folder}/{r['videoid']}{suffix}", "caption": r["name"]} for r in rows])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_training_images(data: Path, frames_per_video: int = 2, max_videos: int = 240) -> np.ndarray:
+    """VAE data: all three domains (plain images, watermarked video frames, style images), uint8 (n, 64, 64, 3)."""
+    import cv2
+
+    from ..training.data import decode_frames
+
+    images = [cv2.imread(str(p))[..., ::-1] for p in sorted((data / "images").glob("*.png"))[:800]]
+    images += [cv2.imread(str(p))[..., ::-1] for p in sorted((data / "style").glob("*.png"))]
+    for path in sorted((data / "videos").glob("*.mp4"))[:max_videos]:
+        images += list(decode_frames(path, np.array([0, 15])[:frames_per_video]).numpy())
+    return np.ascontiguousarray(np.stack(images))
+
+
+def write_diffusers_folder(target: Path, unet, vae, text_encoder) -> None:
+    """A complete SD1.5-structure diffusers folder (tokenizer: a copy of the shipped CLIP tokenizer)."""
+    target.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(target / "unet")
+    vae.save_pretrained(target / "vae")
+    text_encoder.save_pretrained(target / "text_encoder")
+    _write_static_parts(target)
+
+
+def _write_static_parts(target: Path) -> None:
+    from ..components import package_data
+
+    shutil.copytree(package_data("tokenizer"), target / "tokenizer", dirs_exist_ok=True)
+    scheduler = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                 "beta_schedule": "linear", "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 1,
+                 "timestep_spacing": "leading"}
+    (target / "scheduler").mkdir(exist_ok=True)
+    (target / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+             "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    (target / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _swap_unet(base: Path, unet_folder: Path, target: Path) -> None:
+    """``target`` = ``base`` with its UNet replaced by a trained one (the image-mode export)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(base, target)
+    shutil.rmtree(target / "unet")
+    shutil.copytree(unet_folder, target / "unet")
+
+
+def _fp16_folder(source: Path, target: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    target.mkdir(parents=True)
+    UNet2DConditionModel.from_pretrained(source / "unet").to(torch.float16).save_pretrained(target / "unet")
+    AutoencoderKL.from_pretrained(source / "vae").to(torch.float16).save_pretrained(target / "vae")
+    CLIPTextModel.from_pretrained(source / "text_encoder").to(torch.float16).save_pretrained(target / "text_encoder")
+    _write_static_parts(target)
+
+
+def _fp16_file(source: Path, target: Path, convert=None) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(source), "pt") as f:
+        metadata = f.metadata() or {}
+    state = load_file(str(source))
+    if convert is not None:
+        state = convert(state)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(target), metadata=metadata)
+
+
+def _losses(path: Path) -> list[float]:
+    with open(path) as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _parameter_counts(folder: Path) -> dict[str, int]:
+    from safetensors import safe_open
+
+    counts = {}
+    for path in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            counts[str(path.relative_to(folder))] = sum(
+                int(np.prod(f.get_slice(k).get_shape())) for k in f.keys() if not k.endswith("pos_encoder.pe"))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..components import package_data
+
+    parser = argparse.ArgumentParser(prog="python -m animatediff.demo.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=package_data("demo"), help="bundle folder (default: the package's data/demo)")
+    parser.add_argument("--work", type=Path, default=Path("outputs/demo-build"), help="data, training runs, logs")
+    parser.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
+    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
+                        help="redo these stages even when their outputs exist")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (0.02: smoke run)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.work.mkdir(parents=True, exist_ok=True)
+    Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Bundled names -> files of the demo family shipped in ``animatediff/data/demo``, and its generation defaults.
+
+Layout of the bundle (written by ``python -m animatediff.demo.build``)::
+
+    demo.json                      training settings, steps, times, losses, sizes; generation defaults
+    base/                          diffusers folder: unet, vae, text_encoder, tokenizer, scheduler, model_index.json
+    personal/                      the full finetune on the personal style set (DreamBooth analog), same layout
+    personal-lora.safetensors      kohya LoRA on the personal style set
+    domain_adapter.safetensors     official v3 adapter layout (processor LoRA on spatial attention)
+    motion_module.safetensors      official v3 key layout
+    motion_loras/<Move>.safetensors  the eight camera MotionLoRAs (official processor layout)
+
+A name is only looked up in the bundle when no file or folder of that name exists, so explicit paths always
+win (a local folder called ``personal`` is still loaded as that folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..components import package_data
+from ..errors import UserInputError
+
+MODELS = ("base", "personal")
+LORAS = ("personal-lora",)
+ADAPTERS = ("domain-adapter",)
+MOTION_MODULES = ("demo",)
+CAMERA_MOVES = ("ZoomIn", "ZoomOut", "PanLeft", "PanRight", "TiltUp", "TiltDown",
+                "RollingClockwise", "RollingAnticlockwise")  # = synthetic.CAMERA_MOVES (not imported: cv2 is slow)
+
+
+def demo_root() -> Path:
+    """The bundle folder; ``ANIMATEDIFF_DEMO_DIR`` points elsewhere (e.g. a freshly rebuilt bundle)."""
+    return Path(os.environ.get("ANIMATEDIFF_DEMO_DIR") or package_data("demo"))
+
+
+def is_available() -> bool:
+    """True when the bundle is installed (base model, motion module and metadata)."""
+    root = demo_root()
+    return (root / "demo.json").is_file() and (root / "base" / "unet").is_dir() and (root / "motion_module.safetensors").is_file()
+
+
+def metadata() -> dict:
+    return _metadata(demo_root() / "demo.json")
+
+
+@lru_cache(maxsize=4)
+def _metadata(path: Path) -> dict:
+    if not path.is_file():
+        raise UserInputError(f"{path}: the bundled demo model is not installed; run `make demo-model` or pass --model")
+    return json.loads(path.read_text())
+
+
+def generation_defaults() -> dict:
+    """GenerationConfig fields the bundled family is made for (its native 64x64, 16 frames, few DDIM steps)."""
+    return dict(metadata()["generation_defaults"])
+
+
+def _bundled(option: str, name: str, relative: str) -> str:
+    path = demo_root() / relative
+    if not path.exists():
+        raise UserInputError(f"{option} {name}: bundled file {path} is missing; run `make demo-model`")
+    return str(path)
+
+
+def model_path(name: str) -> str:
+    """``base`` / ``personal`` -> the bundled diffusers folder; anything else is returned unchanged."""
+    if Path(name).expanduser().exists() or name not in MODELS:
+        return name
+    return _bundled("--model", name, name)
+
+
+def motion_module_path(name: str) -> str:
+    if Path(name).expanduser().exists() or name not in MOTION_MODULES:
+        return name
+    return _bundled("--motion-module", name, "motion_module.safetensors")
+
+
+def lora_path(name: str) -> str:
+    if Path(name).expanduser().exists() or name not in LORAS:
+        return name
+    return _bundled("--lora", name, f"{name}.safetensors")
+
+
+def adapter_path(name: str) -> str:
+    if Path(name).expanduser().exists() or name not in ADAPTERS:
+        return name
+    return _bundled("--adapter", name, "domain_adapter.safetensors")
+
+
+def motion_lora_path(name: str) -> str:
+    if Path(name).expanduser().exists() or name not in CAMERA_MOVES:
+        return name
+    return _bundled("--motion-lora", name, f"motion_loras/{name}.safetensors")
+
+
+@dataclass
+class Resolved:
+    """What ``animatediff generate`` should load, after bundled names are replaced by files."""
+
+    model: str
+    motion_module: str | None
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    motion_loras: list[tuple[str, float]] = field(default_factory=list)
+    adapter: tuple[str, float] | None = None
+    defaults: dict = field(default_factory=dict)  # GenerationConfig fields; flags given explicitly override them
+
+
+def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras=(), adapter=None) -> Resolved:
+    """Resolve the generate options. No ``model`` (or a bundled model name) means the bundled family: its
+    motion module unless one is given, and its 64x64 / 16-frame defaults. Paths pass through unchanged."""
+    bundled_model = model is None or (model in MODELS and not Path(model).expanduser().exists())
+    if model is None and not is_available():
+        raise UserInputError("--model: required (the bundled demo model is not installed; run `make demo-model`)")
+    resolved = Resolved(
+        model=model_path(model) if model else _bundled("--model", "base", "base"),
+        motion_module=motion_module_path(motion_module) if motion_module else None,
+        loras=[(lora_path(p), s) for p, s in loras],
+        motion_loras=[(motion_lora_path(p), s) for p, s in motion_loras],
+        adapter=(adapter_path(adapter[0]), adapter[1]) if adapter else None,
+    )
+    if bundled_model:
+        resolved.motion_module = resolved.motion_module or _bundled("--motion-module", "demo", "motion_module.safetensors")
+        resolved.defaults = generation_defaults()
+    return resolved
+
+
+__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "Resolved", "resolve", "demo_root", "is_available",
+           "metadata", "generation_defaults", "model_path", "motion_module_path", "lora_path", "adapter_path",
+           "motion_lora_path"]
