@@ -301,6 +301,7 @@ def run(files: ModelFiles, settings: Settings | None = None,
 
     _ground_truth(results, specs, settings)
     animator = Animator.load(str(files.base), str(files.motion_module))
+    animator.generate(settings.generation(prompts[0], 0, num_frames=2))  # warm-up: keep one-time costs out of s / clip
     try:
         # AnimateDiff on the base model (Table 1) and the adapter sweep (Fig. 6).
         animator.set_loras(adapter=table_adapter)

@@ -227,7 +227,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
     n = s.table_prompts * len(s.seeds)
     out += ["## Table 1 analog: animating personalised models", "",
             f"{s.table_prompts} prompts × {len(s.seeds)} seeds = {n} clips per row ({s.num_frames} frames, "
-            f"{s.width}×{s.height}, {s.steps} DDIM steps, guidance {s.guidance_scale:g}). *Text*: attribute accuracy "
+            f"{s.width}×{s.height}, {s.steps} {(s.scheduler or 'default').upper()} steps, guidance {s.guidance_scale:g}). *Text*: attribute accuracy "
             "(colours, shapes and background named in the prompt, found in the frames). *Domain*: personal-style "
             "score of the animation ÷ that of the personalised model's own images (same prompts and seeds, single "
             "images without motion module). *Smooth*: warping error (lower is smoother). *Dynamic*: share of clips "
