@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers.models.attention import FeedForward
 from torch import nn
 
@@ -137,8 +138,13 @@ class VanillaTemporalModule(nn.Module):
     def __init__(self, channels: int, config: MotionModuleConfig):
         super().__init__()
         self.temporal_transformer = TemporalTransformer3DModel(channels, config)
+        # Training option: recompute activations in backward. diffusers checkpoints its blocks but not the
+        # layers our hooks follow, so the motion modules need their own switch.
+        self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self.temporal_transformer, hidden_states, num_frames, use_reentrant=False)
         return self.temporal_transformer(hidden_states, num_frames)
 
 

@@ -204,16 +204,9 @@ def build(config: TrainConfig, base: BaseModel, motion: MotionModules | None = N
 
 def enable_gradient_checkpointing(setup: Setup) -> None:
     """diffusers checkpoints the UNet's blocks; the motion modules (hooked after attention layers, which
-    diffusers does not checkpoint) are wrapped per instance so their activations are recomputed too."""
+    diffusers does not checkpoint) have their own switch so their activations are recomputed too."""
     setup.model.denoiser.unet.enable_gradient_checkpointing()
     if setup.motion is None:
         return
     for _, _, _, module in setup.motion.placements():
-        forward = module.forward
-
-        def checkpointed(hidden_states, num_frames, _forward=forward):
-            if not torch.is_grad_enabled():
-                return _forward(hidden_states, num_frames)
-            return torch.utils.checkpoint.checkpoint(_forward, hidden_states, num_frames, use_reentrant=False)
-
-        module.forward = checkpointed  # an instance attribute: no class is patched
+        module.gradient_checkpointing = True
