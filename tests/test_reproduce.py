@@ -4,7 +4,6 @@ report rendering, and a smoke run of the experiments on the bundled family (2 pr
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -121,9 +120,7 @@ def test_smoke_run_on_the_bundled_family():
         files = reproduce.model_files()
     except UserInputError:
         pytest.skip("the bundled demo family is not installed")
-    start = time.perf_counter()
     results = reproduce.run(files, reproduce.SMOKE_SETTINGS)
     values = reproduce.smoke_values(results)
     for name, (lo, hi) in reproduce.SMOKE_RANGES.items():
         assert lo <= values[name] <= hi, (name, values[name], (lo, hi))
-    assert time.perf_counter() - start < 60

@@ -175,11 +175,12 @@ def camera_specs(settings: Settings, count: int | None = None) -> list[synthetic
 SMOKE_SETTINGS = Settings(num_frames=8, steps=6, scheduler="ddim", table_prompts=2, seeds=(11,), ceiling_clips=1,
                           adapter_scales=(1.0, 0.0),
                           experiments=("adapter",))
-SMOKE_RANGES = {  # placeholder until the bundled family is measured
-    "attribute accuracy, AnimateDiff (base)": (0.0, 1.0),
-    "warping error, AnimateDiff (base)": (0.0, 1.0),
-    "watermark score, adapter scale 1": (-1.0, 2.0),
-    "watermark score, adapter scale 0": (-1.0, 2.0),
+# Loose on purpose (2 clips, 8 frames, 6 steps); provisional until the first full run on the trained family.
+SMOKE_RANGES = {
+    "attribute accuracy, AnimateDiff (base)": (0.3, 1.0),
+    "warping error, AnimateDiff (base)": (0.0, 0.006),  # ground-truth clips: ~0.0014
+    "watermark score, adapter scale 1": (-0.3, 1.5),
+    "watermark score, adapter scale 0": (-0.3, 0.5),  # images without a watermark: ~0
 }
 
 
@@ -318,14 +319,12 @@ def run(files: ModelFiles, settings: Settings | None = None,
         if "camera" in settings.experiments:  # MotionLoRAs (Fig. 7): a no-LoRA control, each move, two combined
             _camera(runner, animator, results, files, cam_grid, table_adapter, settings)
             progress("MotionLoRAs")
-        if "table1" not in settings.experiments:
-            pass
-        elif files.personal_lora is not None:  # AnimateDiff on base + personal LoRA
+        if "table1" in settings.experiments and files.personal_lora is not None:  # AnimateDiff on base + LoRA
             animator.set_loras(loras=[(str(files.personal_lora), settings.lora_scale)], adapter=table_adapter)
             for prompt, seed in grid:
                 runner.generate(animator, "table1", ANIMATEDIFF_LORA, prompt, seed)
             progress(ANIMATEDIFF_LORA)
-        else:
+        elif "table1" in settings.experiments:
             results.skipped[ANIMATEDIFF_LORA] = "not available: no personal-lora.safetensors in the family"
         animator.clear_loras()
     finally:
