@@ -158,6 +158,11 @@ def _attribute_breakdown(results: Results, condition: str) -> str:
     return ", ".join(f"{k} {_f(float(np.mean(v)), percent=True)}" for k, v in kinds.items() if v)
 
 
+def _dynamic_threshold(s: reproduce.Settings) -> float:
+    """VBench dynamic degree's per-pair flow threshold (metrics.dynamic_degree) at the report's size and fps."""
+    return max(1.0, 8.0 / s.fps) * 6.0 * min(s.height, s.width) / 256.0
+
+
 def _why(results: Results, target: reproduce.Target) -> str:
     """A data-driven sentence on what lies behind a measured value (most useful for misses)."""
     rows = {r["condition"]: r for r in reproduce.table1(results)}
@@ -171,7 +176,7 @@ def _why(results: Results, target: reproduce.Target) -> str:
         ad = rows.get(reproduce.ANIMATEDIFF_BASE)
         return (f"The prompts' ground-truth clips are {_f(data['dynamic_share'], percent=True)} dynamic; mean dynamic "
                 f"degree {_f(ad['dynamic_degree'], 4)} (AnimateDiff) vs {_f(data['dynamic_degree'], 4)} (data), "
-                f"threshold {1.5:g} px per frame at 64 px." if data and ad else "")
+                f"VBench threshold {_dynamic_threshold(results.settings):.2g} px per frame." if data and ad else "")
     if target.claim.startswith("MotionLoRA"):
         wrong = [f"{r['move']} → {', '.join(f'{k} ×{v}' for k, v in r['labels'].items())}"
                  for r in reproduce.camera_table(results)
