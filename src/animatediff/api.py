@@ -51,12 +51,13 @@ class Animator:
         self.sources = dict(sources or {})
         self._handles: list = []
         self.lora_set = LoraSet()
+        self.defaults: dict = {}  # GenerationConfig fields the model is made for (the bundled demo: 64x64)
 
     @classmethod
     def load(
         cls,
-        model: str,
-        motion_module: str | None,
+        model: str | None = None,
+        motion_module: str | None = None,
         *,
         motion_preset: str | None = None,
         max_frames: int | None = None,
@@ -65,14 +66,21 @@ class Animator:
         model_config: str | None = None,
     ) -> "Animator":
         """Load a base model (diffusers folder, cached repo id or single file) and a motion module file.
-        ``model_config``: a folder of component configs for a single file that is not stock SD1.5/SDXL."""
+        ``model_config``: a folder of component configs for a single file that is not stock SD1.5/SDXL.
+        ``model=None`` or a bundled name (``base``, ``personal``) loads the bundled demo family (demo/bundled.py)."""
+        from .demo.bundled import resolve
+
+        found = resolve(model, motion_module)
+        model, motion_module = found.model, found.motion_module
         base = load_base_model(model, dtype=dtype, device=device, config_dir=model_config)
         motion = None
         if motion_module:
             # unet=: a module set built for another base (SDXL on SD1.5) is refused, naming the file
             motion = load_motion_modules(motion_module, preset=motion_preset, max_frames=max_frames, unet=base.unet, dtype=dtype)
             motion.to(device=device)
-        return cls(base, motion, sources={"model": model, "motion_module": motion_module or ""})
+        animator = cls(base, motion, sources={"model": model, "motion_module": motion_module or ""})
+        animator.defaults = found.defaults
+        return animator
 
     # ---- LoRAs -----------------------------------------------------------------------------------
     def set_loras(
@@ -82,7 +90,9 @@ class Animator:
         adapter: tuple[str, float] | None = None,
     ) -> None:
         """Unmerge whatever was merged before, then merge these (official order: LoRA, adapter, MotionLoRAs)."""
-        wanted = LoraSet(list(loras), list(motion_loras), adapter)
+        from .demo.bundled import resolve_addons
+
+        wanted = LoraSet(*resolve_addons(loras, motion_loras, adapter))  # bundled names (personal-lora, ZoomIn) -> files
         if wanted == self.lora_set:
             return
         self.clear_loras()
@@ -116,7 +126,7 @@ class Animator:
         **settings,
     ) -> GenerationResult:
         """Generate one clip; ``settings`` are ``GenerationConfig`` fields (num_frames, width, seed, ...)."""
-        config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **settings)
+        config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **{**self.defaults, **settings})
         return self.pipeline.generate(config, latents=latents, progress=progress)
 
     def metadata(self, result: GenerationResult, fps: int) -> dict:

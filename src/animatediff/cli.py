@@ -103,12 +103,14 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         if not args.prompt:
             raise UserInputError("generate: give a PROMPT (or --config FILE.yaml)")
-        if not args.model:
-            raise UserInputError("--model: required (a diffusers folder, a cached repo id, or a .safetensors/.ckpt file)")
+        from .demo.bundled import resolve  # no --model: the bundled demo family; bundled names -> files
+
+        found = resolve(args.model, args.motion_module, loras, motion_loras, adapter)
         out = Path(args.out) if args.out else Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(args.prompt, 6)}.gif"
         jobs = [
-            GenerateJob(model=args.model, motion_module=args.motion_module, prompt=args.prompt, negative_prompt=args.negative or "",
-                        loras=loras, motion_loras=motion_loras, adapter=adapter, settings=overrides, out=out)
+            GenerateJob(model=found.model, motion_module=found.motion_module, prompt=args.prompt, negative_prompt=args.negative or "",
+                        loras=found.loras, motion_loras=found.motion_loras, adapter=found.adapter,
+                        settings={**found.defaults, **overrides}, out=out)
         ]
     for job in jobs:
         _check_out(job.out)
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="text-to-video", description="Generate an animation from a prompt or an official prompt YAML.")
     gen.add_argument("prompt", nargs="?", help="the prompt (omit with --config)")
     gen.add_argument("--config", help="official AnimateDiff prompt-config YAML (configs/prompts/*.yaml)")
-    gen.add_argument("--model", help="base model: diffusers folder, cached Hugging Face repo id, or single-file .safetensors/.ckpt")
+    gen.add_argument("--model", help="base model: diffusers folder, cached Hugging Face repo id, or single-file .safetensors/.ckpt; "
+                     "bundled: base (the default), personal")
     gen.add_argument("--model-config", help="folder with unet/, vae/, text_encoder/ config.json for a single-file model that is not stock SD1.5/SDXL")
     gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
     gen.add_argument("--motion-preset", help="force the motion module preset (v1, v2, v3, sdxl-beta, animatelcm, lightning) instead of detecting it")
@@ -167,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--motion-lora", action="append", default=[], metavar="FILE[:ALPHA]", help="MotionLoRA, repeatable")
     gen.add_argument("--adapter", metavar="FILE[:SCALE]", help="v3 domain adapter LoRA")
     gen.add_argument("--frames", type=int, help="num_frames (default 16)")
-    gen.add_argument("--width", type=int, help="default 512")
-    gen.add_argument("--height", type=int, help="default 512")
+    gen.add_argument("--width", type=int, help="default 512 (the bundled demo model: 64)")
+    gen.add_argument("--height", type=int, help="default 512 (the bundled demo model: 64)")
     gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
     gen.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded in the sidecar)")

@@ -194,3 +194,20 @@ def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str = "conditi
     for (layer, kind), parts in fused.items():  # q, k, v stacked along dim 0, as nn.MultiheadAttention stores them
         out[f"{prefix}{layer}.attn.in_proj_{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
     return out
+
+
+def processor_lora_to_kohya(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Processor-format LoRA on UNet layers (``<module>.processor.to_q_lora.down.weight``, merged as
+    ``W += up @ down``) -> kohya (``lora_unet_<module>_to_q.lora_down.weight`` / ``.lora_up.weight`` and
+    ``.alpha`` = rank, so kohya's ``alpha / rank`` factor is 1 and the merge is the same)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        module, _, rest = key.partition(".processor.")
+        projection, _, part = rest.partition("_lora.")  # "to_q", "down.weight"
+        assert module and projection in ("to_q", "to_k", "to_v", "to_out") and part in ("down.weight", "up.weight"), key
+        layer = "lora_unet_" + f"{module}.{projection}".replace(".", "_") + ("_0" if projection == "to_out" else "")
+        out[f"{layer}.lora_{part}"] = value
+        if part == "down.weight":
+            out[f"{layer}.alpha"] = torch.tensor(float(value.shape[0]), dtype=value.dtype)
+    assert len(out) == len(state_dict) * 3 // 2, "every down needs its up"
+    return out

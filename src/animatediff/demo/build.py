@@ -113,7 +113,7 @@ class Builder:
         result.vae.save_pretrained(target)
         self.save_record("vae", {
             "config": {k: v for k, v in vars(config).items()}, "train_images": len(images),
-            "parameters": _count(result.vae), "seconds": round(result.seconds, 1), "steps": config.steps,
+            "parameters": _count(result.vae), "seconds": round(result.seconds, 1), "steps": len(result.losses),
             "first_mse": round(result.losses[0], 5), "final_mse": round(float(np.mean(result.losses[-20:])), 5),
             "latent_mean": round(result.latent_mean, 4), "latent_std": round(result.latent_std, 4),
             "scaling_factor": round(result.scaling_factor, 5),
@@ -369,9 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", nargs="+", default=[], choices=STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
                         help="redo these stages even when their outputs exist")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (0.02: smoke run)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per stage (default 1: these models' ops are too small to gain from "
+                             "intra-op threads, and on a shared machine a second thread waiting for a core makes each op ~10x slower)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by torch at import: the training subprocesses too
+    import torch
+
+    torch.set_num_threads(args.threads)  # this process (VAE stage) imported torch already
     args.work.mkdir(parents=True, exist_ok=True)
     Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only)
     return 0

@@ -119,16 +119,31 @@ def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras
     resolved = Resolved(
         model=model_path(model) if model else _bundled("--model", "base", "base"),
         motion_module=motion_module_path(motion_module) if motion_module else None,
-        loras=[(lora_path(p), s) for p, s in loras],
-        motion_loras=[(motion_lora_path(p), s) for p, s in motion_loras],
-        adapter=(adapter_path(adapter[0]), adapter[1]) if adapter else None,
     )
+    resolved.loras, resolved.motion_loras, resolved.adapter = resolve_addons(loras, motion_loras, adapter)
     if bundled_model:
         resolved.motion_module = resolved.motion_module or _bundled("--motion-module", "demo", "motion_module.safetensors")
         resolved.defaults = generation_defaults()
+        _one_thread()
     return resolved
 
 
-__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "Resolved", "resolve", "demo_root", "is_available",
+def resolve_addons(loras=(), motion_loras=(), adapter=None) -> tuple[list, list, tuple | None]:
+    """Bundled names among ``(name_or_path, scale)`` LoRAs, MotionLoRAs and the adapter -> files."""
+    return ([(lora_path(p), s) for p, s in loras], [(motion_lora_path(p), s) for p, s in motion_loras],
+            (adapter_path(adapter[0]), adapter[1]) if adapter else None)
+
+
+def _one_thread() -> None:
+    """The bundled model's ops are tiny (8x8 latents, 32-96 channels): a second intra-op thread gains nothing,
+    and on a busy machine every op then waits for both threads to get a core (measured ~10x slower on a shared
+    2-core box). An explicit OMP_NUM_THREADS is respected."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "Resolved", "resolve", "resolve_addons", "demo_root", "is_available",
            "metadata", "generation_defaults", "model_path", "motion_module_path", "lora_path", "adapter_path",
            "motion_lora_path"]

@@ -22,14 +22,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VAEConfig:
-    block_out_channels: tuple[int, ...] = (8, 16, 32, 32)  # 4 blocks -> 3 downsamplings -> the real 8x factor
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)  # 4 blocks -> 3 downsamplings -> the real 8x factor
     layers_per_block: int = 1
-    norm_num_groups: int = 4
+    norm_num_groups: int = 8
     latent_channels: int = 4
-    steps: int = 300
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    kl_weight: float = 1e-5  # on the mean KL per latent element, relative to the mean squared pixel error
+    steps: int = 1500
+    max_seconds: float = 420.0  # stop early past this wall time (the steps actually taken are recorded)
+    batch_size: int = 12
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6  # on the mean KL per latent element, relative to the mean squared pixel error
     seed: int = 0
 
 
@@ -83,6 +84,9 @@ def train_vae(images: np.ndarray, config: VAEConfig) -> VAEResult:
         result.losses.append(float(mse.detach()))
         if step % 50 == 0 or step == config.steps - 1:
             logger.info("vae step %d/%d: mse %.5f kl %.2f", step + 1, config.steps, float(mse), float(kl))
+        if time.perf_counter() - started > config.max_seconds:
+            logger.info("vae: time budget of %.0f s reached at step %d", config.max_seconds, step + 1)
+            break
     result.seconds = time.perf_counter() - started
     vae.eval()
     result.latent_mean, result.latent_std = latent_statistics(vae, data, generator)
