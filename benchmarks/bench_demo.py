@@ -38,10 +38,13 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="OMP/torch threads (the target machine has 2 cores)")
+    parser.add_argument("--threads", type=int, help="set OMP_NUM_THREADS (default: unset, as a user runs it; the "
+                        "bundled model then uses one intra-op thread, see docs/demo-model.md)")
     parser.add_argument("--steps", type=int, help="override the bundled default step count")
     args = parser.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     load = subprocess.run([sys.executable, "-c", "import os; print(os.getloadavg()[0])"], capture_output=True, text=True)
     print(f"machine: {os.cpu_count()} cores, load average {load.stdout.strip()} (shared machines inflate every number)")
     walls = []

@@ -70,8 +70,19 @@ class Builder:
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
 
     def save_record(self, stage: str, info: dict) -> None:
+        # re-read first: another build process (--only other stages) may have recorded its stages meanwhile
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
         self.record[stage] = info
-        self.record_path.write_text(json.dumps(self.record, indent=2))
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record, indent=2))
+        os.replace(tmp, self.record_path)
+
+    def wait_for(self, marker: Path, what: str) -> None:
+        """Wait until ``marker`` exists when another build process is producing it (see ``train``'s lock)."""
+        while not marker.exists():
+            if not any(self.runs.glob("*.lock")):
+                raise SystemExit(f"{what} is missing ({marker}); run its stage first")
+            time.sleep(10)
 
     def done(self, stage: str, marker: Path) -> bool:
         if stage in self.force or not marker.exists():
@@ -138,9 +149,24 @@ class Builder:
                                   "unet_parameters": _count(unet), "text_encoder_parameters": _count(text_encoder)})
 
     # ---- the training stages (animatediff train ...) -------------------------------------------------
-    def train(self, stage: str, mode: str, recipe: str, output: Path, marker: Path, **options) -> None:
+    def train(self, stage: str, mode: str, recipe: str, output: Path, marker: Path, **options) -> bool:
+        """Run one ``animatediff train`` stage; False when another build process holds it (its lock file)."""
         if self.done(stage, marker):
-            return
+            return True
+        lock = output.parent / f"{output.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:  # two build processes may run disjoint stages in parallel (one torch thread each, two cores)
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            logger.info("stage %s: running in another build process (%s)", stage, lock)
+            return False
+        try:
+            self._train(stage, mode, recipe, output, **options)
+        finally:
+            lock.unlink()
+        return True
+
+    def _train(self, stage: str, mode: str, recipe: str, output: Path, **options) -> None:
         from ..training.config import load_config
 
         steps = load_config(mode, f"demo/{recipe}", {"video_folder": ".", "motion_module": "-"}).max_train_steps
@@ -154,7 +180,6 @@ class Builder:
             command += [f"--{key}", str(value)]
         logger.info("stage %s: %s", stage, " ".join(command[2:]))
         log = output.parent / f"{output.name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with open(log, "w") as f:
             status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_MININTERVAL": "30"}).returncode
@@ -174,37 +199,49 @@ class Builder:
                    base_model=self.work / "init", caption_file=self.data / "images.csv")
         if not (self.work / "base" / "model_index.json").exists() or "base" in self.force:
             _swap_unet(self.work / "init", run / "unet-final", self.work / "base")
+            self.force.discard("base")
 
     def stage_personal(self) -> None:
+        self.wait_for(self.work / "base" / "model_index.json", "the base model")
         run = self.runs / "personal"
         self.train("personal", "image", "personal", run, self.work / "personal" / "model_index.json",
                    base_model=self.work / "base", caption_file=self.data / "style.csv")
         if not (self.work / "personal" / "model_index.json").exists() or "personal" in self.force:
             _swap_unet(self.work / "base", run / "unet-final", self.work / "personal")
+            self.force.discard("personal")
 
     def stage_personal_lora(self) -> None:
+        self.wait_for(self.work / "base" / "model_index.json", "the base model")
         run = self.runs / "personal-lora"
         self.train("personal-lora", "domain-adapter", "personal-lora", run, run / "domain-adapter-final.safetensors",
                    base_model=self.work / "base", caption_file=self.data / "style.csv")
 
     def stage_domain_adapter(self) -> None:
+        self.wait_for(self.work / "base" / "model_index.json", "the base model")
         run = self.runs / "domain-adapter"
         self.train("domain-adapter", "domain-adapter", "domain-adapter", run, run / "domain-adapter-final.safetensors",
                    base_model=self.work / "base", caption_file=self.data / "videos.csv")
 
     def stage_motion_module(self) -> None:
+        self.wait_for(self.runs / "domain-adapter" / "domain-adapter-final.safetensors", "the domain adapter")
         run = self.runs / "motion-module"
         self.train("motion-module", "motion-module", "motion-module", run, run / "motion-module-final.safetensors",
                    base_model=self.work / "base", caption_file=self.data / "videos.csv",
                    domain_adapter=self.runs / "domain-adapter" / "domain-adapter-final.safetensors")
 
     def stage_motion_loras(self) -> None:
+        self.wait_for(self.runs / "motion-module" / "motion-module-final.safetensors", "the motion module")
+        elsewhere = []
         for move in CAMERA_MOVES:
             run = self.runs / f"motion-lora-{move}"
-            self.train(f"motion-lora-{move}", "motion-lora", "motion-lora", run, run / "motion-lora-final.safetensors",
+            done = self.train(f"motion-lora-{move}", "motion-lora", "motion-lora", run, run / "motion-lora-final.safetensors",
                        base_model=self.work / "base", caption_file=self.data / f"clips-{move}.csv", camera_move=move,
                        motion_module=self.runs / "motion-module" / "motion-module-final.safetensors",
                        domain_adapter=self.runs / "domain-adapter" / "domain-adapter-final.safetensors")
+            if not done:
+                elsewhere.append(run / "motion-lora-final.safetensors")
+        for marker in elsewhere:
+            self.wait_for(marker, str(marker))
 
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:
@@ -239,6 +276,7 @@ class Builder:
             "total_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
         }
         (tmp / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "README.md").write_text(stage_table(meta))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
         logger.info("wrote %s: %.1f MB", out, meta["total_bytes"] / 1e6)
@@ -249,6 +287,21 @@ class Builder:
                 continue
             logger.info("=== stage %s", stage)
             getattr(self, "stage_" + stage.replace("-", "_"))()
+
+
+def stage_table(meta: dict) -> str:
+    """The bundle's README: what each stage trained, how long, and its losses (from demo.json)."""
+    lines = ["# The bundled demo family", "", meta["description"], "",
+             "| stage | command | steps | seconds | first loss | final loss |", "|---|---|---|---|---|---|"]
+    for stage, info in meta["stages"].items():
+        if "steps" not in info:
+            continue
+        first, final = info.get("first_loss", info.get("first_mse")), info.get("final_loss", info.get("final_mse"))
+        command = info.get("command", "animatediff.demo.vae (MSE + KL)")
+        lines.append(f"| {stage} | `{command.split(' --output_dir')[0]}` | {info['steps']} | {info['seconds']} | {first} | {final} |")
+    lines += ["", f"Final loss: mean over the last 10 % of steps (VAE: MSE over the last 20). Total size: "
+              f"{meta['total_bytes'] / 2**20:.1f} MiB. Generation defaults: {meta['generation_defaults']}.", ""]
+    return "\n".join(lines)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
