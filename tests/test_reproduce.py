@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from animatediff import reproduce, synthetic
 from animatediff.demo import report
@@ -42,7 +43,9 @@ def test_model_files_need_base_and_motion_module(tmp_path):
     files = reproduce.model_files(tmp_path)
     assert files.personal is None and files.personal_lora is None and files.domain_adapter is None
     assert list(files.motion_loras) == ["ZoomIn"]
-    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2, "image": 0}
+    # AnimateDiff + frame-by-frame (2 prompts); no-LoRA control + ZoomIn (1 camera prompt); 5 sweep LoRAs x 1 clip
+    assert reproduce.sweep_points(TINY) == [(2, 50), (8, 50), (32, 50), (8, 5), (8, 500)]
+    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2 + 5, "image": 0}
 
 
 def _clip(experiment, condition, spec, frames, seed=0, settings=TINY):
@@ -120,7 +123,12 @@ def test_smoke_run_on_the_bundled_family():
         files = reproduce.model_files()
     except UserInputError:
         pytest.skip("the bundled demo family is not installed")
-    results = reproduce.run(files, reproduce.SMOKE_SETTINGS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the report runs (demo/report.py: much faster on a shared machine)
+    try:
+        results = reproduce.run(files, reproduce.SMOKE_SETTINGS)
+    finally:
+        torch.set_num_threads(threads)
     values = reproduce.smoke_values(results)
     for name, (lo, hi) in reproduce.SMOKE_RANGES.items():
         assert lo <= values[name] <= hi, (name, values[name], (lo, hi))

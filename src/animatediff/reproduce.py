@@ -128,18 +128,26 @@ class Settings:
     scheduler: str | None = None  # None: the motion module's preset default (DDIM)
     fps: int = 8
     prompt_seed: int = 2024  # prompts are drawn from synthetic.random_spec(default_rng([prompt_seed, i]))
-    table_prompts: int = 6  # Table 1 and Fig. 6: prompts x seeds
+    table_prompts: int = 8  # Table 1 and Fig. 6: prompts x seeds
     seeds: tuple[int, ...] = (11, 12)
-    camera_prompts: int = 2  # Fig. 7: per move, prompts x camera_seeds
+    camera_prompts: int = 3  # Fig. 7: per move, prompts x camera_seeds
     camera_seeds: tuple[int, ...] = (11, 12)
     ceiling_clips: int = 6  # ground-truth clips per move for the estimator's ceiling
     adapter_scales: tuple[float, ...] = (1.0, 0.5, 0.0)
     table_adapter_scale: float = 0.0  # domain adapter in Table 1 / Fig. 7 (0: removed at inference, Fig. 6)
     motion_lora_alpha: float = 1.0
     lora_scale: float = 1.0  # personal kohya LoRA
+    # Fig. 7 efficiency sweeps: MotionLoRAs trained here on one move with the family's own recipe
+    sweep_move: str = "ZoomIn"
+    sweep_recipe: str = "demo/motion-lora"
+    sweep_ranks: tuple[int, ...] = (2, 8, 32)  # at sweep_videos_default reference videos
+    sweep_videos: tuple[int, ...] = (5, 50, 500)  # at sweep_rank_default
+    sweep_rank_default: int = 8
+    sweep_videos_default: int = 50
+    sweep_data_seed: int = 7
     # "table1" (frame-by-frame and the personalised variants; AnimateDiff on the base always runs),
-    # "adapter" (Fig. 6), "camera" (Fig. 7)
-    experiments: tuple[str, ...] = ("table1", "adapter", "camera")
+    # "adapter" (Fig. 6), "camera" (Fig. 7 moves), "sweeps" (Fig. 7 rank / data sweeps)
+    experiments: tuple[str, ...] = ("table1", "adapter", "camera", "sweeps")
 
     def generation(self, prompt: str, seed: int, num_frames: int | None = None) -> GenerationConfig:
         return GenerationConfig(prompt=prompt, num_frames=num_frames or self.num_frames, width=self.width,
@@ -279,7 +287,16 @@ def planned_generations(settings: Settings, files: ModelFiles) -> dict[str, int]
     if "camera" in settings.experiments:
         clips += m * (1 + len(files.motion_loras))  # no MotionLoRA (control) + each move
         clips += m if all(move in files.motion_loras for move in COMBINED_MOVES) else 0
+    if "sweeps" in settings.experiments:
+        clips += m * len(sweep_points(settings))
     return {"clip": clips, "image": images}
+
+
+def sweep_points(settings: Settings) -> list[tuple[int, int]]:
+    """(rank, number of reference videos) of every MotionLoRA the sweeps train (the shared point once)."""
+    points = [(r, settings.sweep_videos_default) for r in settings.sweep_ranks]
+    points += [(settings.sweep_rank_default, n) for n in settings.sweep_videos]
+    return list(dict.fromkeys(points))
 
 
 def run(files: ModelFiles, settings: Settings | None = None,
@@ -319,6 +336,9 @@ def run(files: ModelFiles, settings: Settings | None = None,
         if "camera" in settings.experiments:  # MotionLoRAs (Fig. 7): a no-LoRA control, each move, two combined
             _camera(runner, animator, results, files, cam_grid, table_adapter, settings)
             progress("MotionLoRAs")
+        if "sweeps" in settings.experiments:
+            _sweeps(runner, animator, results, files, cam_grid, table_adapter, settings)
+            progress("MotionLoRA sweeps")
         if "table1" in settings.experiments and files.personal_lora is not None:  # AnimateDiff on base + LoRA
             animator.set_loras(loras=[(str(files.personal_lora), settings.lora_scale)], adapter=table_adapter)
             for prompt, seed in grid:
@@ -432,6 +452,42 @@ def _camera(runner: _Runner, animator: Animator, results: Results, files: ModelF
     animator.clear_loras()
 
 
+def _sweeps(runner: _Runner, animator: Animator, results: Results, files: ModelFiles,
+            grid: list[tuple[str, int]], adapter: tuple[str, float] | None, settings: Settings) -> None:
+    """Fig. 7 efficiency: train one MotionLoRA per (rank, number of reference videos) with the project's training
+    loop and the family's own MotionLoRA recipe, then measure its camera-move accuracy like the bundled ones."""
+    import tempfile
+
+    from .training.config import load_config
+    from .training.loop import train
+
+    points = sweep_points(settings)
+    with tempfile.TemporaryDirectory(prefix="animatediff-sweeps-") as work:
+        work = Path(work)
+        # Ordinary clips (object motion only); the training loop turns them into the move (synthetic.camera_move).
+        synthetic.write_dataset(work / "videos", max(n for _, n in points), "video", seed=settings.sweep_data_seed,
+                                num_frames=16, height=settings.height, width=settings.width)
+        rows = (work / "videos" / "captions.csv").read_text().splitlines()
+        for rank, videos in points:
+            csv_path = work / f"captions-{videos}.csv"
+            csv_path.write_text("\n".join(rows[:1 + videos]) + "\n")  # header + the first N videos
+            overrides = {"base_model": str(files.base), "motion_module": str(files.motion_module),
+                         "video_folder": str(work / "videos"), "caption_file": str(csv_path),
+                         "camera_move": settings.sweep_move, "lora_rank": rank, "num_workers": 0,
+                         "output_dir": str(work / f"rank{rank}-n{videos}"), "validation_steps": 0}
+            if files.domain_adapter is not None:  # as the bundled MotionLoRAs were trained (adapter merged)
+                overrides["domain_adapter"] = str(files.domain_adapter)
+            tick = time.perf_counter()
+            trained = train(load_config("motion-lora", settings.sweep_recipe, overrides))
+            seconds = time.perf_counter() - tick
+            logger.info("sweep: rank %d, %d videos: trained %d steps in %.0fs", rank, videos, trained.step, seconds)
+            animator.set_loras(adapter=adapter, motion_loras=[(str(trained.exported), settings.motion_lora_alpha)])
+            for prompt, seed in grid:
+                clip = runner.generate(animator, "sweep", f"rank {rank}, {videos} videos", prompt, seed)
+                clip.metrics["train_seconds"] = seconds
+    animator.clear_loras()
+
+
 # -------------------------------------------------------------------------------------------- summaries
 
 def _mean(values) -> float:
@@ -478,10 +534,15 @@ def adapter_table(results: Results) -> list[dict]:
     return rows
 
 
+def move_axis(move: str) -> str | None:
+    """The ``metrics.camera_motion`` value a camera move changes ("zoom", "pan", "tilt", "roll_deg")."""
+    axis = {"Zoom": "zoom", "Pan": "pan", "Tilt": "tilt", "Roll": "roll_deg"}
+    return next((v for k, v in axis.items() if move.startswith(k)), None)
+
+
 def camera_table(results: Results) -> list[dict]:
     """Fig. 7: per move the share of clips labelled with that move, the mean value on the move's axis, and the
     estimator's accuracy on ground-truth clips; plus the no-LoRA control (share labelled "static")."""
-    axis = {"Zoom": "zoom", "Pan": "pan", "Tilt": "tilt", "Roll": "roll_deg"}
     rows = []
     for move in ("no MotionLoRA",) + synthetic.CAMERA_MOVES:
         clips = results.select("camera", move)
@@ -489,7 +550,7 @@ def camera_table(results: Results) -> list[dict]:
         if not clips and not ceiling:
             continue
         expected = "static" if move == "no MotionLoRA" else move
-        key = next((v for k, v in axis.items() if move.startswith(k)), None)
+        key = move_axis(move)
         rows.append({
             "move": move, "clips": len(clips),
             "accuracy": _mean(float(c.metrics["camera"]["label"] == expected) for c in clips) if clips else float("nan"),
@@ -498,6 +559,21 @@ def camera_table(results: Results) -> list[dict]:
             "ceiling": _mean(float(c.metrics["camera"]["label"] == move) for c in ceiling) if ceiling else float("nan"),
             "truth": synthetic.camera_move_truth(move)[key] if key else float("nan"),
         })
+    return rows
+
+
+def sweep_table(results: Results) -> list[dict]:
+    """Fig. 7 efficiency: per trained MotionLoRA (rank, reference videos) the accuracy on the sweep's move."""
+    s = results.settings
+    rows = []
+    for rank, videos in sweep_points(s):
+        clips = results.select("sweep", f"rank {rank}, {videos} videos")
+        if clips:
+            rows.append({"rank": rank, "videos": videos, "clips": len(clips),
+                         "accuracy": _mean(float(c.metrics["camera"]["label"] == s.sweep_move) for c in clips),
+                         "value": _mean(c.metrics["camera"][move_axis(s.sweep_move)] for c in clips),
+                         "labels": _counts(c.metrics["camera"]["label"] for c in clips),
+                         "train_seconds": clips[0].metrics["train_seconds"]})
     return rows
 
 
