@@ -106,9 +106,10 @@ def write_plot(results: Results, path: Path) -> None:
     ax.bar(x + 0.2, [r["ceiling"] for r in moves], 0.4, label="ground truth (ceiling)")
     ax.axhline(0.8, color="gray", linestyle="--", linewidth=1, label="target 80 %")
     ax.set_xticks(x, [r["move"].replace("Rolling", "Roll") for r in moves], rotation=35, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title("Fig. 7 analog: camera-move accuracy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
     table = reproduce.table1(results)
     ax = axes[2]
     short = {reproduce.TRAINING_DATA: "data", reproduce.FRAME_BY_FRAME: "frame-by-frame",
