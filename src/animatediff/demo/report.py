@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = write_examples(results, folder)
     strip = write_adapter_strip(results, folder / "adapter-first-frames.png")
     write_plot(results, folder / "plot.png")
-    (folder / "clips.json").write_text(json.dumps(clips_json(results), indent=1) + "\n")
+    (folder / "clips.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in clips_json(results)) + "\n]\n")
     command = "python -m animatediff.demo.report" + (" " + shlex.join(argv if argv is not None else sys.argv[1:])
                                                       if (argv if argv is not None else sys.argv[1:]) else "")
     header = {
