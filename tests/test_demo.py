@@ -108,3 +108,22 @@ def test_generate_with_bundled_names(tmp_path):
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["motion_loras"][0]["path"].endswith("ZoomIn.safetensors")
     assert meta["loras"][0]["path"].endswith("personal-lora.safetensors")
+
+
+def test_processor_lora_to_kohya_merges_the_same_weights():
+    """personal-lora is trained as a processor-format LoRA and shipped in kohya keys: both merges must agree."""
+    import fixtures
+    from tiny_models import tiny_base_model
+
+    from animatediff.convert import processor_lora_to_kohya
+
+    base = tiny_base_model()
+    processor = fixtures.domain_adapter_state_dict(base.unet)
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    handle = apply_domain_adapter(base.unet, processor, 0.7)
+    expected = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    handle.unmerge()
+    apply_lora(base, processor_lora_to_kohya(processor), 0.7)
+    for key, value in base.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6)
+    assert any(not torch.equal(before[k], expected[k]) for k in before)

@@ -247,6 +247,7 @@ class Builder:
     def stage_package(self) -> None:
         from ..convert import processor_lora_to_kohya
 
+        self.record = json.loads(self.record_path.read_text())  # stages another build process recorded
         out = self.out
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
