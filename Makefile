@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 DEMO := outputs/demo
 
-.PHONY: install demo demo-model test test-slow bench
+.PHONY: install demo demo-model reproduce test test-slow bench
 
 install:
 	$(PIP) install -q torch==2.13.0            # the CPU wheel; must come before anything that depends on torch
@@ -14,6 +14,9 @@ demo: install  # the bundled demo model (src/animatediff/data/demo): no model fl
 
 demo-model: install  # retrain the bundled demo family (about 45 min on 2 CPU cores)
 	$(PY) -m animatediff.demo.build
+
+reproduce: install  # regenerate docs/reproduction.md on the bundled family (about 8 min on 2 CPU cores)
+	$(PY) -m animatediff.demo.report
 
 test: install
 	$(PY) -m pytest -q
