@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..components import BaseModel
-from ..convert import clean_official_motion_state_dict, is_position_encoding_key
+from ..convert import is_position_encoding_key
 from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
+from ..loading import load_base_model, load_motion_modules
 from ..motion_module import MotionModules
 from ..presets import get_preset
 from .config import TrainConfig
@@ -87,45 +88,13 @@ class Setup:
 
 # ---- loading (loading.py when present, else a minimal local reader) ---------------------------------
 def load_base(source: str) -> BaseModel:
-    try:
-        from ..loading import load_base_model
-    except ImportError:
-        return _load_diffusers_folder(source)
     return load_base_model(source)
 
 
-def _load_diffusers_folder(source: str) -> BaseModel:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    path = Path(source)
-    if not (path / "model_index.json").is_file():
-        raise UserInputError(f"--base_model {source}: not a diffusers folder (no model_index.json)")
-    return BaseModel(
-        kind="sd15", unet=UNet2DConditionModel.from_pretrained(path / "unet"), vae=AutoencoderKL.from_pretrained(path / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder"), tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-        source=str(source),
-    )
-
-
 def load_motion(path: str, config: TrainConfig, unet) -> MotionModules:
-    try:
-        from ..loading import load_motion_modules
-    except ImportError:
-        return _load_motion_local(path, config, unet)
     motion = load_motion_modules(path, unet=unet)
     if motion.max_frames is not None and motion.max_frames < config.num_frames:  # the sinusoid is recomputed: extend it
         motion = load_motion_modules(path, max_frames=config.num_frames, unet=unet)
-    return motion
-
-
-def _load_motion_local(path: str, config: TrainConfig, unet) -> MotionModules:
-    state = clean_official_motion_state_dict(load_file(path))
-    mid = any(k.startswith("mid_block.") for k in state)
-    motion = fresh_motion(config, unet, mid_block=mid)
-    missing, unexpected = motion.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserInputError(f"--motion_module {path}: does not fit ({len(missing)} missing, {len(unexpected)} unexpected keys)")
     return motion
 
 
