@@ -175,11 +175,6 @@ class AnimateDiffUNet(nn.Module):
         return self.unet.device
 
 
-@contextmanager
-def nullcontext():
-    yield
-
-
 def _check_fits(unet: UNet2DConditionModel, motion: MotionModules) -> None:
     """Refuse a motion module set built for another UNet layout (e.g. SDXL modules on SD1.5)."""
     unet_channels = tuple(unet.config.block_out_channels)

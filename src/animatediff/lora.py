@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from math import prod
-from pathlib import Path
 
 import torch
 from torch import nn
