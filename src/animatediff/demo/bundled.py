@@ -67,35 +67,32 @@ def _bundled(option: str, name: str, relative: str) -> str:
     return str(path)
 
 
+def _resolve(option: str, names: tuple[str, ...], relative: str, name: str) -> str:
+    """A bundled ``name`` -> its file (``relative`` may use ``{name}``); an existing path or unknown name is kept."""
+    if Path(name).expanduser().exists() or name not in names:
+        return name
+    return _bundled(option, name, relative.format(name=name))
+
+
 def model_path(name: str) -> str:
     """``base`` / ``personal`` -> the bundled diffusers folder; anything else is returned unchanged."""
-    if Path(name).expanduser().exists() or name not in MODELS:
-        return name
-    return _bundled("--model", name, name)
+    return _resolve("--model", MODELS, "{name}", name)
 
 
 def motion_module_path(name: str) -> str:
-    if Path(name).expanduser().exists() or name not in MOTION_MODULES:
-        return name
-    return _bundled("--motion-module", name, "motion_module.safetensors")
+    return _resolve("--motion-module", MOTION_MODULES, "motion_module.safetensors", name)
 
 
 def lora_path(name: str) -> str:
-    if Path(name).expanduser().exists() or name not in LORAS:
-        return name
-    return _bundled("--lora", name, f"{name}.safetensors")
+    return _resolve("--lora", LORAS, "{name}.safetensors", name)
 
 
 def adapter_path(name: str) -> str:
-    if Path(name).expanduser().exists() or name not in ADAPTERS:
-        return name
-    return _bundled("--adapter", name, "domain_adapter.safetensors")
+    return _resolve("--adapter", ADAPTERS, "domain_adapter.safetensors", name)
 
 
 def motion_lora_path(name: str) -> str:
-    if Path(name).expanduser().exists() or name not in CAMERA_MOVES:
-        return name
-    return _bundled("--motion-lora", name, f"motion_loras/{name}.safetensors")
+    return _resolve("--motion-lora", CAMERA_MOVES, "motion_loras/{name}.safetensors", name)
 
 
 @dataclass
