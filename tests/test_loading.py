@@ -45,6 +45,23 @@ def test_single_file_dtype_and_diffusers_folder(tmp_path):
     _assert_same_weights(base, load_base_model(str(folder)))
 
 
+def test_prediction_type_comes_from_the_scheduler_config(tmp_path):
+    import json
+
+    folder = save_diffusers_folder(tiny_base_model(), tmp_path / "pipe")
+    assert load_base_model(str(folder)).prediction_type == "epsilon"  # no scheduler/: SD1.5's default
+    (folder / "scheduler").mkdir()
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}))
+    assert load_base_model(str(folder)).prediction_type == "v_prediction"
+    path = save(ldm_checkpoint(tiny_base_model()), tmp_path / "m.safetensors")
+    assert load_base_model(str(path), config_dir=folder).prediction_type == "v_prediction"  # single file + its configs
+    assert load_base_model(str(path), config_dir=folder).prediction_type == "v_prediction"
+    config.write_text(json.dumps({"prediction_type": "sample"}))
+    with pytest.raises(UserInputError, match="prediction_type 'sample' is not supported"):
+        load_base_model(str(folder))
+
+
 def test_cached_hub_repo_loads_offline(tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
 

@@ -122,6 +122,24 @@ def test_frame_by_frame_baseline_equals_image_model_per_frame(base):
         torch.testing.assert_close(video[:, :, i : i + 1], image, atol=1e-4, rtol=1e-4)
 
 
+def test_v_prediction_base_samples_with_a_v_prediction_scheduler(base, motion, monkeypatch):
+    import animatediff.pipeline as pipeline_module
+
+    made = []
+    real = pipeline_module.make_scheduler
+    monkeypatch.setattr(pipeline_module, "make_scheduler", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    base.prediction_type = "v_prediction"
+    try:
+        with AnimationPipeline(base, motion) as pipeline:
+            v = pipeline.generate(config(steps=2)).frames
+    finally:
+        base.prediction_type = "epsilon"
+    with AnimationPipeline(base, motion) as pipeline:
+        eps = pipeline.generate(config(steps=2)).frames
+    assert [m.config.prediction_type for m in made] == ["v_prediction", "epsilon"]
+    assert not torch.allclose(v, eps)
+
+
 def test_chunked_decode_equals_one_shot(pipe):
     latents = torch.randn(2, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
     one_shot = pipe.decode_latents(latents, chunk_size=10)

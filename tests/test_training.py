@@ -186,6 +186,55 @@ def test_corrupt_short_and_missing_videos_are_skipped(data, tmp_path, caplog):
         build_dataset(make_config("motion-module", bad, tmp_path, video_folder=str(data.parent)))
 
 
+@pytest.mark.parametrize("weighting", ["none", "min-snr", "truncated-snr"])
+def test_loss_weights_are_normalised_and_shaped_as_documented(weighting):
+    from diffusers import DDPMScheduler
+
+    from animatediff.training.loop import loss_weights
+
+    scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012)
+    weights = loss_weights(scheduler, weighting, snr_gamma=20.0)
+    assert weights.shape == (1000,) and abs(float(weights.mean()) - 1) < 1e-5
+    if weighting == "none":
+        assert torch.allclose(weights, torch.ones(1000))
+    else:  # both favour high noise (low SNR) over the easy low-noise steps, within the gamma range
+        assert torch.all(weights[1:] >= weights[:-1] - 1e-6) and weights[-1] > 2 * weights[0]
+        snr0 = float(scheduler.alphas_cumprod[0] / (1 - scheduler.alphas_cumprod[0]))
+        bound = 20.0 if weighting == "truncated-snr" else snr0 / 20.0  # cap, or min(SNR, g) / SNR at t=0 vs 1
+        assert float(weights.max() / weights.min()) == pytest.approx(bound, rel=1e-3)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_target_follows_the_base_prediction_type(prediction_type):
+    from diffusers import DDPMScheduler
+
+    from animatediff.training.loop import encode_pixels, training_loss
+
+    base = tiny_base_model()
+    base.prediction_type = prediction_type
+    scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012)
+    batch = {"pixel_values": torch.rand(2, 3, 3, 32, 32) * 2 - 1, "caption": ["a red circle", ""]}
+    seen = {}
+
+    def model(noisy, timesteps, text):  # predicts zeros: the loss is then the target's mean square
+        seen.update(noisy=noisy, timesteps=timesteps)
+        return torch.zeros_like(noisy)
+
+    loss = training_loss(model, base, scheduler, batch, torch.Generator().manual_seed(3), "cpu")
+    # replay the same draws: posterior sample, noise, timesteps
+    generator = torch.Generator().manual_seed(3)
+    latents = encode_pixels(base.vae, batch["pixel_values"], generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, 1000, (2,), generator=generator)
+    assert torch.equal(timesteps, seen["timesteps"])
+    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    assert torch.allclose(loss, target.pow(2).mean(), rtol=1e-5)
+    weights = torch.linspace(0.5, 1.5, 1000)
+    weighted = training_loss(model, base, scheduler, batch, torch.Generator().manual_seed(3), "cpu", weights)
+    expected = (target.pow(2).flatten(1).mean(1) * weights[timesteps]).mean()
+    assert torch.allclose(weighted, expected, rtol=1e-5)
+
+
 def test_sampler_is_a_function_of_seed_step_and_rank():
     stream = lambda start, rank=0: [k for _, k in zip(range(6), StepSampler(5, 2, 7, rank, 2, start))]
     assert stream(0)[4:] == stream(2)[:2]  # resuming at step 2 continues the same stream

@@ -27,6 +27,7 @@ class BaseModel:
     text_encoder_2: CLIPTextModelWithProjection | None = None
     tokenizer_2: CLIPTokenizer | None = None
     source: str = ""  # where it was loaded from (path or repo id), for the sidecar
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" (SD1.5, SDXL) or "v_prediction"
 
     @property
     def is_sdxl(self) -> bool:

@@ -228,6 +228,23 @@ def _from_pretrained(cls, folder: Path, sub: str, dtype: torch.dtype, **kwargs):
         raise UserInputError(f"{folder / sub}: cannot load {cls.__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def prediction_type(folder: Path | None) -> str:
+    """The UNet's target as the folder's ``scheduler/scheduler_config.json`` states it (default ``epsilon``)."""
+    config = folder / "scheduler" / "scheduler_config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return "epsilon"
+    try:
+        value = json.loads(config.read_text()).get("prediction_type", "epsilon")
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{config}: unreadable scheduler config ({error})") from None
+    if value not in PREDICTION_TYPES:
+        raise UserInputError(f"{config}: prediction_type {value!r} is not supported (only {', '.join(PREDICTION_TYPES)})")
+    return value
+
+
 def _load_diffusers_folder(folder: Path, dtype: torch.dtype, source: str) -> BaseModel:
     sdxl = (folder / "text_encoder_2").is_dir()
     kind = "sdxl" if sdxl else "sd15"
@@ -242,7 +259,8 @@ def _load_diffusers_folder(folder: Path, dtype: torch.dtype, source: str) -> Bas
         tokenizer_2 = (CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer_2", local_files_only=True)
                        if (folder / "tokenizer_2").is_dir() else _tokenizer(pad_token="!"))
     return BaseModel(kind=kind, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, source=source)
+                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, source=source,
+                     prediction_type=prediction_type(folder))
 
 
 def _cached_repo(repo_id: str) -> Path:
@@ -274,6 +292,7 @@ def load_base_model(
     path = Path(source).expanduser()
     if path.is_file():
         base = _load_single_file(path, dtype, config_dir)
+        base.prediction_type = prediction_type(Path(config_dir) if config_dir else None)
     elif path.is_dir():
         if not (path / "unet").is_dir():
             raise UserInputError(f"{path}: folder is not a diffusers pipeline (no unet/ subfolder)")

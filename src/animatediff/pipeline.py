@@ -276,7 +276,7 @@ class AnimationPipeline:
         timings["text"] = time.perf_counter() - start
 
         tick = time.perf_counter()
-        scheduler = make_scheduler(config.scheduler, config.scheduler_preset)
+        scheduler = make_scheduler(config.scheduler, config.scheduler_preset, prediction_type=self.base.prediction_type)
         denoiser = ClassifierFreeGuidance(self._model, cond, uncond, config.guidance_scale)
         latents = sample(denoiser, scheduler, latents, config.steps, generator=generator, eta=config.eta, progress=progress)
         timings["denoise"] = time.perf_counter() - tick

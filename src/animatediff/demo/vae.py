@@ -1,8 +1,10 @@
 """A short trainer for the demo family's small ``AutoencoderKL`` (not one of the four AnimateDiff training modes:
 Stable Diffusion's VAE is trained once, before everything else, and then frozen).
 
-Objective: per-pixel MSE of the reconstruction from a posterior *sample* plus a small KL term to N(0, I) (SD's
-autoencoder adds LPIPS and a GAN loss; on flat-shaded 64 px shapes MSE alone is enough). The latent scaling
+Objective: per-pixel MSE + L1 of the reconstruction from a posterior *sample* plus a small KL term to N(0, I)
+(SD's autoencoder adds LPIPS and a GAN loss). Measured on 48 held-out images: MSE alone for 7 min gave blobs
+(shape recognisable after a round trip for 22 % of objects, watermark score kept 0.50); MSE + L1 for 12 min
+kept edges (41 %, watermark 0.74). The two changes were not separated. The latent scaling
 factor is measured afterwards as ``1 / std`` of posterior samples, the way SD1.5's 0.18215 was chosen, so the
 diffusion model sees unit-variance latents.
 """
@@ -26,11 +28,12 @@ class VAEConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 8
     latent_channels: int = 4
-    steps: int = 1500
-    max_seconds: float = 420.0  # stop early past this wall time (the steps actually taken are recorded)
+    steps: int = 2400
+    max_seconds: float = 720.0  # stop early past this wall time (the steps actually taken are recorded)
     batch_size: int = 12
     learning_rate: float = 1e-3
     kl_weight: float = 1e-6  # on the mean KL per latent element, relative to the mean squared pixel error
+    l1_weight: float = 1.0  # + mean absolute error: L1 keeps shape edges sharper than MSE alone on noisy textures
     seed: int = 0
 
 
@@ -76,6 +79,8 @@ def train_vae(images: np.ndarray, config: VAEConfig) -> VAEResult:
         mse = (reconstruction - batch).square().mean()
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # diffusers sums KL over (c, h, w): per element
         loss = mse + config.kl_weight * kl
+        if config.l1_weight:
+            loss = loss + config.l1_weight * (reconstruction - batch).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

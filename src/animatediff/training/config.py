@@ -24,6 +24,7 @@ from ..errors import UserInputError
 from ..synthetic import CAMERA_MOVES
 
 MODES = ("image", "domain-adapter", "motion-module", "motion-lora")
+LOSS_WEIGHTINGS = ("none", "min-snr", "truncated-snr")
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "linear"
+    loss_weighting: str = "none"  # none (official Eq. 7) | min-snr | truncated-snr: per-timestep loss weights (loop.loss_weights)
+    snr_gamma: float = 5.0  # min-snr's gamma; truncated-snr's cap on the weight
     # ---- outputs ------------------------------------------------------------------------------------
     output_dir: str = "outputs/train"
     checkpointing_steps: int = 500
@@ -96,6 +99,10 @@ class TrainConfig:
             bad("lora_rank", f"{self.lora_rank} is outside 1..1024")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             bad("mixed_precision", f"{self.mixed_precision!r} is not no, bf16 or fp16")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            bad("loss_weighting", f"{self.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+        if self.snr_gamma <= 0:
+            bad("snr_gamma", f"{self.snr_gamma} must be > 0")
         if not 0.0 <= self.caption_dropout <= 1.0:
             bad("caption_dropout", f"{self.caption_dropout} is outside [0, 1]")
         for key in ("num_frames", "stride", "size", "batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):

@@ -87,8 +87,33 @@ def encode_pixels(vae, pixels: torch.Tensor, generator: torch.Generator, chunk: 
     return latents.unflatten(0, (b, f)).transpose(1, 2).float()  # (b f) c h w -> b c f h w
 
 
-def training_loss(model, base: BaseModel, scheduler: DDPMScheduler, batch: dict, generator: torch.Generator, device) -> torch.Tensor:
-    """Eq. 7: || eps - eps_theta(z_t, t, tau(y)) ||^2 with one timestep per clip."""
+def loss_weights(scheduler: DDPMScheduler, weighting: str, snr_gamma: float) -> torch.Tensor:
+    """Per-timestep weights of the noise-prediction loss, normalised to mean 1 over the schedule.
+
+    - ``none``: Eq. 7 as the paper and the official code train (uniform).
+    - ``min-snr``: Hang et al. 2023, min(SNR, gamma) / SNR - down-weights the easy low-noise steps.
+    - ``truncated-snr``: Salimans & Ho 2022, max(SNR, 1) / SNR = max(||x0 err||^2, ||eps err||^2) in eps terms,
+      capped at gamma. Why: an eps error e at SNR s is an x0 error e / sqrt(s); at the high-noise steps where a
+      clip's layout is decided (s ~ 0.002) uniform weighting leaves x0 predictions far off, and a small model
+      never learns them (the demo family's motion module did not, see docs/demo-model.md).
+    """
+    alphas = scheduler.alphas_cumprod.float()
+    snr = alphas / (1 - alphas)
+    if weighting == "none":
+        weights = torch.ones_like(snr)
+    elif weighting == "min-snr":
+        weights = snr.clamp(max=snr_gamma) / snr
+    elif weighting == "truncated-snr":
+        weights = (1 / snr).clamp(min=1, max=snr_gamma)
+    else:
+        raise ValueError(f"unknown loss weighting {weighting!r}")
+    return weights / weights.mean()
+
+
+def training_loss(model, base: BaseModel, scheduler: DDPMScheduler, batch: dict, generator: torch.Generator, device,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 7: || eps - eps_theta(z_t, t, tau(y)) ||^2 with one timestep per clip (``weights``: per timestep;
+    the target is v instead of eps for a v-prediction base)."""
     with torch.no_grad():
         # the generator lives on the CPU: every draw (posterior sample, noise, t) is the same on any device
         latents = encode_pixels(base.vae, batch["pixel_values"].to(device), generator)
@@ -97,7 +122,12 @@ def training_loss(model, base: BaseModel, scheduler: DDPMScheduler, batch: dict,
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)  # sqrt(a_t) z0 + sqrt(1 - a_t) eps
     prediction = model(noisy, timesteps, text)
-    return F.mse_loss(prediction.float(), noise.float())
+    # v-prediction bases (scheduler config prediction_type): v = sqrt(a_t) eps - sqrt(1 - a_t) z0
+    target = noise if base.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    if weights is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_clip = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)  # (b,)
+    return (per_clip * weights.to(device)[timesteps]).mean()
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -237,6 +267,7 @@ def train(
         _set_rng_states(state["rng"])
     noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
                                     beta_end=config.beta_end, beta_schedule=config.beta_schedule)
+    weights = None if config.loss_weighting == "none" else loss_weights(noise_scheduler, config.loss_weighting, config.snr_gamma)
 
     accum = config.gradient_accumulation_steps
     sampler = StepSampler(len(dataset), config.batch_size, config.seed, rank, world, start_step=start_step * accum)
@@ -268,7 +299,7 @@ def train(
                 # Why frames(): gradient checkpointing re-runs hooked layers inside backward(), and the motion
                 # hooks must still know the frame count there (it is reset when forward() returns).
                 with accelerator.accumulate(model), setup.model.denoiser.frames(config.frames_per_sample):
-                    loss = training_loss(model, base, noise_scheduler, batch, generator, device)
+                    loss = training_loss(model, base, noise_scheduler, batch, generator, device, weights)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(params, config.max_grad_norm)
