@@ -3,7 +3,7 @@
 Stages, in order (each skipped when its output already exists in ``--work``, unless named in ``--force``):
 
     data            synthetic.write_dataset: watermark-free images, watermarked videos, the personal style set
-    vae             demo/vae.py: a small AutoencoderKL (MSE + small KL), scaling factor = 1 / latent std
+    vae             demo/vae.py: a small AutoencoderKL (MSE + L1 + small KL), scaling factor = 1 / latent std
     init            the base model before training: trained VAE + a seeded random CLIP text encoder (frozen
                     for good: the UNet learns to read its embeddings) + a random small UNet, as a diffusers folder
                     (v-prediction: see PREDICTION_TYPE)
@@ -275,6 +275,7 @@ class Builder:
                               "layers_per_block": UNET_CONFIG["layers_per_block"], "norm_num_groups": 32,
                               "num_attention_heads": 8, "position_encoding_length": 32},
             "text_encoder": "seeded random init (torch.manual_seed(%d)), frozen: never trained" % TEXT_SEED,
+            "prediction_type": PREDICTION_TYPE,
             "steps_scale": self.steps_scale,
             "stages": self.record,
             "parameters": _parameter_counts(tmp),
