@@ -132,3 +132,5 @@ def test_smoke_run_on_the_bundled_family():
     values = reproduce.smoke_values(results)
     for name, (lo, hi) in reproduce.SMOKE_RANGES.items():
         assert lo <= values[name] <= hi, (name, values[name], (lo, hi))
+    # the direction of the Fig. 6 claim: dropping the adapter drops the watermark
+    assert values["watermark score, adapter scale 0"] < values["watermark score, adapter scale 1"]

@@ -304,7 +304,7 @@ def stage_table(meta: dict) -> str:
         if "steps" not in info:
             continue
         first, final = info.get("first_loss", info.get("first_mse")), info.get("final_loss", info.get("final_mse"))
-        command = info.get("command", "animatediff.demo.vae (MSE + KL)")
+        command = info.get("command", "animatediff.demo.vae (MSE + L1 + KL)")
         lines.append(f"| {stage} | `{command.split(' --output_dir')[0]}` | {info['steps']} | {info['seconds']} | {first} | {final} |")
     lines += ["", f"Final loss: mean over the last 10 % of steps (VAE: MSE over the last 20). Total size: "
               f"{meta['total_bytes'] / 2**20:.1f} MiB. Generation defaults: {meta['generation_defaults']}.", ""]
