@@ -88,14 +88,15 @@ def encode_pixels(vae, pixels: torch.Tensor, generator: torch.Generator, chunk: 
 
 
 def loss_weights(scheduler: DDPMScheduler, weighting: str, snr_gamma: float) -> torch.Tensor:
-    """Per-timestep weights of the noise-prediction loss, normalised to mean 1 over the schedule.
+    """Per-timestep weights of the loss, normalised to mean 1 over the schedule (defined for the eps loss; a
+    v-prediction base gets the same weights on its v loss).
 
     - ``none``: Eq. 7 as the paper and the official code train (uniform).
     - ``min-snr``: Hang et al. 2023, min(SNR, gamma) / SNR - down-weights the easy low-noise steps.
     - ``truncated-snr``: Salimans & Ho 2022, max(SNR, 1) / SNR = max(||x0 err||^2, ||eps err||^2) in eps terms,
-      capped at gamma. Why: an eps error e at SNR s is an x0 error e / sqrt(s); at the high-noise steps where a
-      clip's layout is decided (s ~ 0.002) uniform weighting leaves x0 predictions far off, and a small model
-      never learns them (the demo family's motion module did not, see docs/demo-model.md).
+      capped at gamma. Why: an eps error e at SNR s is an x0 error e / sqrt(s), so uniform weighting leaves a
+      small model's x0 estimates poor at the high-noise steps where a clip's layout is decided. (On the demo
+      family, 400 finetune steps with it barely helped; switching to v-prediction did: docs/demo-model.md.)
     """
     alphas = scheduler.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
