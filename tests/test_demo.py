@@ -110,6 +110,22 @@ def test_generate_with_bundled_names(tmp_path):
     assert meta["loras"][0]["path"].endswith("personal-lora.safetensors")
 
 
+def test_official_prompt_config_uses_the_bundled_family_and_names(tmp_path):
+    """An official job with an empty dreambooth_path and no --model gets the bundled base, as `generate` does;
+    LoRA, MotionLoRA and motion-module entries may be bundled names."""
+    recipe = tmp_path / "job.yaml"
+    recipe.write_text(
+        "- dreambooth_path: ''\n  lora_model_path: personal-lora\n  lora_alpha: 0.8\n  motion_module: [demo]\n"
+        "  motion_module_lora_configs: [{path: ZoomIn, alpha: 1.0}]\n  seed: [3]\n  steps: 1\n"
+        "  guidance_scale: 7.5\n  L: 4\n  prompt: ['" + PROMPT + "']\n")
+    assert main(["-q", "generate", "--config", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    (clip,) = (tmp_path / "out").glob("*.gif")
+    meta = json.loads(sidecar_path(clip).read_text())
+    assert meta["files"]["model"]["path"] == str(ROOT / "base") and meta["num_frames"] == 4
+    assert meta["loras"][0]["path"].endswith("personal-lora.safetensors")
+    assert meta["motion_loras"][0]["path"].endswith("ZoomIn.safetensors")
+
+
 def test_processor_lora_to_kohya_merges_the_same_weights():
     """personal-lora is trained as a processor-format LoRA and shipped in kohya keys: both merges must agree."""
     import fixtures

@@ -98,9 +98,9 @@ def test_bad_recipes_are_one_line_errors(tmp_path, text, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_missing_model_is_reported(tmp_path):
-    with pytest.raises(UserInputError, match="--model"):
-        load_official_recipe(_write(tmp_path, OFFICIAL_V3), model=None)
+def test_empty_dreambooth_path_without_model_means_the_bundled_family(tmp_path):
+    jobs = load_official_recipe(_write(tmp_path, OFFICIAL_V3), model=None)
+    assert jobs and all(job.model is None for job in jobs)  # Animator.load(None) -> the bundled demo base
 
 
 def test_parse_weighted_and_slug():

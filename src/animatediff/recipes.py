@@ -35,7 +35,7 @@ OFFICIAL_KEYS = {
 class GenerateJob:
     """Everything one clip needs: which files, which LoRAs, which settings, where to write it."""
 
-    model: str
+    model: str | None  # None: the bundled demo family
     motion_module: str | None
     prompt: str
     negative_prompt: str = ""
@@ -66,7 +66,8 @@ def slug(text: str, words: int = 10) -> str:
 
 def load_official_recipe(path: str | Path, model: str | None, overrides: dict[str, Any] | None = None) -> list[GenerateJob]:
     """Read an official prompt-config YAML into jobs. ``model`` is the base model for jobs whose
-    ``dreambooth_path`` is empty; ``overrides`` are settings given explicitly on the command line."""
+    ``dreambooth_path`` is empty (``None``: the bundled demo family); ``overrides`` are settings given explicitly
+    on the command line."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -100,9 +101,7 @@ def load_official_recipe(path: str | Path, model: str | None, overrides: dict[st
 
         recipe_dir = path.parent
         dreambooth = _resolve(entry.get("dreambooth_path") or "", recipe_dir)
-        job_model = dreambooth or model
-        if not job_model:
-            raise UserInputError(f"{where}: dreambooth_path is empty, so a base model is needed: pass --model PATH")
+        job_model = dreambooth or model  # None: the bundled demo family, as `generate` without --model
         loras = []
         if entry.get("lora_model_path"):
             loras.append((_resolve(entry["lora_model_path"], recipe_dir), float(entry.get("lora_alpha", 0.8))))
