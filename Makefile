@@ -12,7 +12,7 @@ install:
 demo: install  # the bundled demo model (src/animatediff/data/demo): no model flags needed
 	$(PY) -m animatediff generate "a red circle bouncing on a blue striped background" --seed 42 --out $(DEMO)/demo.gif
 
-demo-model: install  # retrain the bundled demo family (about 80 min on 2 CPU cores)
+demo-model: install  # retrain the bundled demo family (about 90 min on 2 CPU cores)
 	$(PY) -m animatediff.demo.build
 
 reproduce: install  # regenerate docs/reproduction.md on the bundled family (about 9 min on 2 CPU cores)

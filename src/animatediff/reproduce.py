@@ -183,9 +183,9 @@ def camera_specs(settings: Settings, count: int | None = None) -> list[synthetic
 SMOKE_SETTINGS = Settings(num_frames=8, steps=6, scheduler="ddim", table_prompts=2, seeds=(11,), ceiling_clips=1,
                           adapter_scales=(1.0, 0.0),
                           experiments=("adapter",))
-# Bounds on what the full report measures (run of 2026-11-22 05:23 on the v-prediction family: attribute
-# accuracy 0.38, warping error 0.009 (frame-by-frame 0.012), watermark 0.40 at adapter scale 1 and 0.10 at 0),
-# widened for 2 clips of 8 frames at 6 steps (measured there: 0.14, 0.020, 0.42, 0.23).
+# Bounds on what the full report measures (run of 2026-11-22 06:07 on the v-prediction family: attribute
+# accuracy 0.43, warping error 0.008 (frame-by-frame 0.012), watermark 0.48 at adapter scale 1 and 0.12 at 0),
+# widened for 2 clips of 8 frames at 6 steps (measured there: 0.16, 0.008, 0.49, 0.23).
 SMOKE_RANGES = {
     "attribute accuracy, AnimateDiff (base)": (0.05, 1.0),
     "warping error, AnimateDiff (base)": (0.0, 0.04),  # ground-truth clips: ~0.001
