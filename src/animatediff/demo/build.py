@@ -198,22 +198,21 @@ class Builder:
             "final_loss": round(float(np.mean(losses[-max(1, len(losses) // 10):])), 4),
         })
 
+    def _image_stage(self, stage: str, start: Path, captions: Path) -> None:
+        """``animatediff train image --config demo/<stage>`` from the ``start`` folder, then the folder
+        ``work/<stage>`` = ``start`` with the trained UNet."""
+        run, target = self.runs / stage, self.work / stage
+        self.train(stage, "image", stage, run, target / "model_index.json", base_model=start, caption_file=captions)
+        if not (target / "model_index.json").exists() or stage in self.force:
+            _swap_unet(start, run / "unet-final", target)
+            self.force.discard(stage)
+
     def stage_base(self) -> None:
-        run = self.runs / "base"
-        self.train("base", "image", "base", run, self.work / "base" / "model_index.json",
-                   base_model=self.work / "init", caption_file=self.data / "images.csv")
-        if not (self.work / "base" / "model_index.json").exists() or "base" in self.force:
-            _swap_unet(self.work / "init", run / "unet-final", self.work / "base")
-            self.force.discard("base")
+        self._image_stage("base", self.work / "init", self.data / "images.csv")
 
     def stage_personal(self) -> None:
         self.wait_for(self.work / "base" / "model_index.json", "the base model")
-        run = self.runs / "personal"
-        self.train("personal", "image", "personal", run, self.work / "personal" / "model_index.json",
-                   base_model=self.work / "base", caption_file=self.data / "style.csv")
-        if not (self.work / "personal" / "model_index.json").exists() or "personal" in self.force:
-            _swap_unet(self.work / "base", run / "unet-final", self.work / "personal")
-            self.force.discard("personal")
+        self._image_stage("personal", self.work / "base", self.data / "style.csv")
 
     def stage_personal_lora(self) -> None:
         self.wait_for(self.work / "base" / "model_index.json", "the base model")
