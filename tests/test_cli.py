@@ -160,3 +160,60 @@ def test_bad_input_in_a_real_process_has_no_traceback(files, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: evil.ckpt") or "evil.ckpt" in proc.stderr.strip().splitlines()[-1]
+
+
+# ---- output targets: checked before any model loads, never destroyed -----------------------------------
+def _user_folder(tmp_path):
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    (folder / "holiday.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 a precious video")
+    (folder / "notes.txt").write_text("notes")
+    return folder
+
+
+OUT_TARGETS = {  # name -> (make the target in tmp_path, extra flags, words of the error)
+    "existing folder of user files, no extension": (lambda t: _user_folder(t), [], "not frames written by animatediff"),
+    "existing plain file, no extension": (lambda t: (t / "NAME").write_text("mine") and t / "NAME", [], "is a file"),
+    "existing plain file, no extension, --overwrite": (lambda t: (t / "NAME").write_text("mine") and t / "NAME",
+                                                       ["--overwrite"], "is a file"),
+    "existing folder named clip.gif": (lambda t: (t / "clip.gif").mkdir() or t / "clip.gif", [], "is a folder"),
+    "a text file named clip.gif": (lambda t: (t / "clip.gif").write_text("mine") and t / "clip.gif", [], "is not a gif"),
+    "parent is a file": (lambda t: (t / "parent").write_text("mine") and t / "parent" / "clip.gif", [], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_TARGETS))
+def test_output_target_refused_before_loading_and_kept(files, tmp_path, capsys, monkeypatch, case):
+    from animatediff.api import Animator
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output target was checked")
+
+    monkeypatch.setattr(Animator, "load", no_loading)
+    make, extra, expected = OUT_TARGETS[case]
+    target = make(tmp_path)
+    before = {str(p): (p.read_bytes() if p.is_file() else None) for p in sorted(tmp_path.rglob("*"))}
+    argv = ["-q", "generate", "a red circle", *_model(files), "--motion-module", files["v2"], *FAST, "--out", str(target), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out "), err
+    assert expected in err[0].lower(), err[0]
+    after = {str(p): (p.read_bytes() if p.is_file() else None) for p in sorted(tmp_path.rglob("*"))}
+    assert after == before
+
+
+def test_overwrite_into_a_user_folder_keeps_the_users_files(files, tmp_path):
+    folder = _user_folder(tmp_path)
+    assert _generate(files, folder, "--overwrite") == 0
+    assert (folder / "notes.txt").read_text() == "notes"
+    assert (folder / "holiday.mp4").read_bytes().endswith(b"a precious video")
+    assert len(read_frames(folder)) == 4 and (folder / "settings.json").is_file()
+
+
+def test_config_out_that_is_a_file_is_refused(files, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"- dreambooth_path: \"{files['ldm']}\"\n  motion_module: \"{files['v2']}\"\n  prompt: [\"a\"]\n  steps: 2\n  W: 64\n  H: 64\n  L: 4\n  seed: 1\n  guidance_scale: 7.5\n")
+    (tmp_path / "samples").write_text("mine")
+    assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(tmp_path / "samples")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert (tmp_path / "samples").read_text() == "mine"

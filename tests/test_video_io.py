@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_sidecar_records_settings(tmp_path, name):
     out = save_video(blocky_frames(), tmp_path / name, metadata=settings)
     sidecar = sidecar_path(out)
     assert sidecar == (out / "settings.json" if out.is_dir() else tmp_path / "clip.gif.json")
-    assert json.loads(sidecar.read_text()) == {"prompt": "a cat", "seed": 3, "path": str(tmp_path)}
+    written = {"fps": 100 / 12, "fps_requested": 8} if name.endswith(".gif") else {}  # GIF: 12 cs per frame
+    assert json.loads(sidecar.read_text()) == {"prompt": "a cat", "seed": 3, "path": str(tmp_path), **written}
     assert len(read_frames(out)) == NUM_FRAMES  # the folder's sidecar is not read as a frame
 
 
@@ -104,8 +106,9 @@ def test_overwrite_replaces_folder(tmp_path):
 
 
 def test_unknown_extension_names_out(tmp_path):
-    with pytest.raises(UserInputError, match=r"--out .*clip\.avi.*'\.avi'"):
+    with pytest.raises(UserInputError, match=r"^out .*clip\.avi.*'\.avi'") as error:
         save_video(blocky_frames(), tmp_path / "clip.avi")
+    assert error.value.field == "out"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,3 +117,99 @@ def test_bad_frame_shapes():
         video_io.to_uint8_frames(torch.rand(4, 2, 8, 8))
     with pytest.raises(ValueError, match="one clip"):
         video_io.to_uint8_frames(torch.rand(2, 3, 2, 8, 8))
+
+
+# ---- output targets never destroy anything ---------------------------------------------------------
+def snapshot(folder):
+    """Every file under ``folder`` (relative path -> bytes) and every sub-folder."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_folder_of_user_files_is_refused_and_kept(tmp_path):
+    holiday = tmp_path / "holiday"
+    holiday.mkdir()
+    (holiday / "holiday.mp4").write_bytes(b"precious video")
+    (holiday / "notes.txt").write_text("notes")
+    before = snapshot(tmp_path)
+    with pytest.raises(UserInputError, match="not frames written by animatediff"):
+        save_video(blocky_frames(), holiday)
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_only_our_files_in_a_folder(tmp_path):
+    target = tmp_path / "frames"
+    save_video(blocky_frames(seed=1), target, metadata={"seed": 1})  # our 8 frames and settings.json
+    (target / "notes.txt").write_text("keep me")
+    new = blocky_frames(seed=2)[:3]
+    with pytest.raises(UserInputError):
+        save_video(new, target)  # a foreign file is in the folder now
+    save_video(new, target, metadata={"seed": 2}, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["frame_0000.png", "frame_0001.png", "frame_0002.png",
+                                                          "notes.txt", "settings.json"]
+    assert (target / "notes.txt").read_text() == "keep me"
+    np.testing.assert_array_equal(read_frames(target), new)
+    assert json.loads((target / "settings.json").read_text())["seed"] == 2
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_plain_file_where_frames_go_is_never_replaced(tmp_path, overwrite):
+    (tmp_path / "NAME").write_text("a user's file without extension")
+    before = snapshot(tmp_path)
+    with pytest.raises(UserInputError, match="is a file"):
+        save_video(blocky_frames(), tmp_path / "NAME", overwrite=overwrite)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_folder_where_a_file_goes_is_never_replaced(tmp_path, overwrite):
+    (tmp_path / "clip.gif").mkdir()
+    (tmp_path / "clip.gif" / "a.txt").write_text("x")
+    before = snapshot(tmp_path)
+    with pytest.raises(UserInputError, match="is a folder"):
+        save_video(blocky_frames(), tmp_path / "clip.gif", overwrite=overwrite)
+    assert snapshot(tmp_path) == before
+
+
+def test_file_of_another_kind_needs_overwrite(tmp_path):
+    target = tmp_path / "clip.gif"
+    target.write_text("not a GIF at all")
+    with pytest.raises(UserInputError, match="is not a GIF file"):
+        save_video(blocky_frames(), target)
+    assert target.read_text() == "not a GIF at all"
+    save_video(blocky_frames(), target, overwrite=True)
+    assert len(read_frames(target)) == NUM_FRAMES
+    save_video(blocky_frames(seed=3), target)  # our own GIF: a re-run replaces it without asking
+
+
+def test_foreign_sidecar_needs_overwrite(tmp_path):
+    (tmp_path / "clip.gif.json").write_text('{"mine": true}')
+    with pytest.raises(UserInputError, match="not an animatediff settings sidecar"):
+        save_video(blocky_frames(), tmp_path / "clip.gif", metadata={"generator": "animatediff"})
+    assert not (tmp_path / "clip.gif").exists()
+
+
+def test_parent_that_is_a_file(tmp_path):
+    (tmp_path / "parent").write_text("x")
+    with pytest.raises(UserInputError, match="is a file, not a folder"):
+        video_io.check_output(tmp_path / "parent" / "sub" / "clip.gif")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_parent(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(UserInputError, match="no permission"):
+        video_io.check_output(locked / "clip.gif")
+
+
+def test_gif_delays_are_rounded_with_a_floor(tmp_path):
+    from PIL import Image
+
+    for fps, delay_ms in ((8, 120), (24, 40), (30, 30), (60, 20), (23.976, 40)):
+        out = save_video(blocky_frames(), tmp_path / f"{fps}.gif", fps=fps, metadata={})
+        with Image.open(out) as image:
+            assert image.info["duration"] == delay_ms, fps
+        recorded = json.loads(sidecar_path(out).read_text())
+        assert recorded["fps"] == pytest.approx(1000 / delay_ms)
+        assert recorded.get("fps_requested", fps) == fps

@@ -129,7 +129,7 @@ class Animator:
         config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **{**self.defaults, **settings})
         return self.pipeline.generate(config, latents=latents, progress=progress)
 
-    def metadata(self, result: GenerationResult, fps: int) -> dict:
+    def metadata(self, result: GenerationResult, fps: float) -> dict:
         """Everything needed to reproduce a clip: resolved settings, files with hashes, seed, LoRAs."""
         files = {name: {"path": path, "sha256": _hash_or_none(path)} for name, path in self.sources.items() if path}
 
@@ -142,9 +142,10 @@ class Animator:
             motion_loras=weighted(self.lora_set.motion_loras, "alpha"), adapter=(weighted(adapter, "scale") or [None])[0],
         )
 
-    def save(self, result: GenerationResult, path: str | Path, fps: int = 8) -> Path:
-        """Write the first clip (format from the extension) and its JSON sidecar, atomically."""
-        return save_video(result.frames[0], path, fps=fps, metadata=self.metadata(result, fps))
+    def save(self, result: GenerationResult, path: str | Path, fps: float = 8, overwrite: bool = False) -> Path:
+        """Write the first clip (format from the extension) and its JSON sidecar, atomically. An existing target
+        of another kind is refused unless ``overwrite`` (``video_io.check_output``)."""
+        return save_video(result.frames[0], path, fps=fps, metadata=self.metadata(result, fps), overwrite=overwrite)
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -21,7 +21,15 @@ from .errors import UserInputError
 
 logger = logging.getLogger("animatediff")
 
-VIDEO_SUFFIXES = {".gif", ".mp4", ".webp", ""}  # "" = a folder of PNG frames
+# Library errors name config fields; the command line shows its own flags instead.
+FIELD_FLAGS = {
+    "num_frames": "--frames", "width": "--width", "height": "--height", "steps": "--steps",
+    "guidance_scale": "--guidance", "seed": "--seed", "scheduler": "--scheduler", "scheduler_preset": "--scheduler-preset",
+    "decode_chunk_size": "--decode-chunk-size", "negative_prompt": "--negative", "fps": "--fps", "out": "--out",
+    "model": "--model", "model_config": "--model-config", "motion_module": "--motion-module",
+    "motion_preset": "--motion-preset", "max_frames": "--max-frames", "loras": "--lora", "motion_loras": "--motion-lora",
+    "adapter": "--adapter", "device": "--device", "dtype": "--dtype", "config": "--config",
+}
 
 
 def parse_weighted(spec: str, option: str, default: float = 1.0) -> tuple[str, float]:
@@ -45,11 +53,6 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
         "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
     }
     return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
-
-
-def _check_out(out: Path) -> None:
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise UserInputError(f"--out {out}: unknown extension {out.suffix!r}; use .gif, .mp4, .webp or no extension for PNG frames")
 
 
 def _device_and_dtype(args):
@@ -94,7 +97,10 @@ def run_generate(args: argparse.Namespace) -> int:
         out_dir = Path(args.out) if args.out else Path("outputs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         suffix = ".gif"
         if out_dir.suffix:
-            raise UserInputError(f"--out {out_dir}: with --config, --out is a folder (one file per prompt)")
+            raise UserInputError("with --config, --out is a folder (one file per prompt)", field="out", value=out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserInputError("exists and is a file; with --config, --out is a folder (one file per prompt)",
+                                 field="out", value=out_dir)
         for i, job in enumerate(jobs):
             job.loras += loras
             job.motion_loras += motion_loras
@@ -112,8 +118,11 @@ def run_generate(args: argparse.Namespace) -> int:
                         loras=found.loras, motion_loras=found.motion_loras, adapter=found.adapter,
                         settings={**found.defaults, **overrides}, out=out)
         ]
+    from .video_io import check_output
+
+    for job in jobs:  # every output target is checked before any model loads
+        check_output(job.out, overwrite=args.overwrite)
     for job in jobs:
-        _check_out(job.out)
         if job.motion_module is None:
             logger.warning("no --motion-module: frames are generated independently (no motion)")
     return _run_jobs(jobs, args)
@@ -137,7 +146,7 @@ def _run_jobs(jobs, args) -> int:
         config = GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings)
         start = time.perf_counter()
         result = animator.generate(config, progress=_progress_bar(config.steps or 0, "denoising"))
-        path = animator.save(result, job.out, fps=args.fps)
+        path = animator.save(result, job.out, fps=args.fps, overwrite=args.overwrite)
         logger.info("wrote %s (seed %d, %.1f s)", path, result.seed, time.perf_counter() - start)
     return 0
 
@@ -180,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call")
     gen.add_argument("--fps", type=int, default=8, help="frames per second of the output (default 8)")
     gen.add_argument("--out", help="output: .gif (default), .mp4, .webp, or a path without extension for PNG frames")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     gen.set_defaults(func=run_generate)
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.render(FIELD_FLAGS.get(e.field))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,8 +1,39 @@
 """One exception type for problems with a user's input (a file, an option, a recipe).
 
-The command line prints it as a single ``error: ...`` line and exits with status 2; library callers get
-a normal exception. Messages name the file or option and the mismatch."""
+Library code names the *config field* a problem is about (``num_frames``, ``motion_module``, ``out``), never
+a command-line flag: a Python caller or the web UI never had the flag. Interfaces translate the field to
+their own wording (the CLI's table maps ``num_frames`` to ``--frames``). The command line prints the error as
+a single ``error: ...`` line and exits with status 2; library callers get a normal exception.
+
+    raise UserInputError("exceeds the position-encoding length 32", field="num_frames", value=40)
+    str(error)  # "num_frames 40: exceeds the position-encoding length 32"
+"""
+
+from __future__ import annotations
+
+_NO_VALUE = object()
 
 
 class UserInputError(Exception):
-    """Bad input from the user: incompatible or broken file, invalid option value."""
+    """Bad input from the user: an incompatible or broken file, an invalid option value.
+
+    ``field``: the config field (``GenerationConfig``/``TrainConfig`` name or API argument) the problem is
+    about, or None when the message names a file itself. ``value``: the offending value, shown after the
+    field. ``detail``: the message without the field."""
+
+    def __init__(self, detail: str, field: str | None = None, value: object = _NO_VALUE):
+        self.detail = detail
+        self.field = field
+        self.value = value
+        super().__init__(self.render())
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _NO_VALUE
+
+    def render(self, name: str | None = None) -> str:
+        """The message with ``name`` (default: the field) in front, e.g. ``--frames 40: exceeds ...``."""
+        name = name or self.field
+        if name is None:
+            return self.detail
+        return f"{name} {self.value}: {self.detail}" if self.has_value else f"{name}: {self.detail}"

@@ -88,17 +88,34 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--prompt", default=None, help="prompt to check colours and shapes against")
     parser.add_argument("--fps", type=float, default=None, help="frame rate (default: from the file, else 8)")
     parser.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file that is not an eval report")
     parser.set_defaults(func=run_eval)
     return parser
+
+
+def _is_eval_report(path: Path) -> bool:
+    try:
+        return set(json.loads(path.read_text())) == {"prompt", "files"}
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.fps is not None and args.fps <= 0:
         raise UserInputError(f"--fps: must be positive, got {args.fps}")
+    if args.out:  # checked before any clip is read
+        from .video_io import check_file_target, check_parent_writable
+
+        out = Path(args.out)
+        check_parent_writable(out.parent, "out", out)
+        check_file_target(out, _is_eval_report, "an eval report", args.overwrite, "out")
     results = evaluate(args.paths, prompt=args.prompt, fps=args.fps)
     text = json.dumps(results, indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        from .video_io import write_json_atomic
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(results, out)
         logger.info("wrote %s", args.out)
     else:
         sys.stdout.write(text + "\n")  # the command's output (JSON), not a log message

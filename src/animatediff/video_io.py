@@ -3,7 +3,8 @@
 The format follows the output path: ``.gif``, ``.mp4``, ``.webp``, or no extension = a folder of
 ``frame_0000.png ...``. Every write is atomic: the output is built under a temporary name in the same
 folder and moved into place with ``os.replace`` only when complete, so a failure leaves no partial file and
-an existing file is never damaged before its replacement is finished.
+an existing file is never damaged before its replacement is finished. ``check_output`` says what may be
+replaced at all: never a user's file or folder of another kind (see its docstring).
 
 Settings sidecar (``metadata``): ``clip.gif`` -> ``clip.gif.json`` next to it (the full file name plus
 ``.json``, so a GIF and an MP4 of one run do not collide); for a PNG folder, ``settings.json`` inside it.
@@ -15,7 +16,9 @@ into one longer frame; MP4 is lossy, 4:2:0, and odd widths/heights are padded by
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -27,6 +30,8 @@ import torch
 from PIL import Image, ImageSequence
 
 from .errors import UserInputError
+
+logger = logging.getLogger(__name__)
 
 FORMATS = (".gif", ".mp4", ".webp", "")  # "" = folder of PNG frames
 SIDECAR_IN_FOLDER = "settings.json"
@@ -49,10 +54,12 @@ def to_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     return frames.permute(1, 2, 3, 0).numpy()  # c f h w -> f h w c
 
 
-def video_format(path: Path) -> str:
+def video_format(path: str | os.PathLike, field: str = "out") -> str:
+    """The output format of ``path``: ``.gif``, ``.mp4``, ``.webp``, or ``""`` (a folder of PNG frames)."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise UserInputError(f"--out {path}: unknown video format {suffix!r}; use .gif, .mp4, .webp, or a folder name without extension")
+        raise UserInputError(f"unknown video format {suffix!r}; use .gif, .mp4, .webp, or a folder name without extension",
+                             field=field, value=path)
     return suffix
 
 
@@ -61,11 +68,25 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path / SIDECAR_IN_FOLDER if video_format(path) == "" else path.with_name(path.name + ".json")
 
 
+# ---- frame rates ----------------------------------------------------------------------------------
+GIF_MIN_DELAY_CS = 2  # browsers play GIF delays of 0-1 centiseconds at about 10 fps, so 2 cs (50 fps) is the floor
+
+
+def gif_delay_cs(fps: float) -> int:
+    """GIF frame delay in whole centiseconds (the format's unit): the nearest to ``1/fps``, at least 2."""
+    return max(GIF_MIN_DELAY_CS, round(100 / fps))
+
+
+def effective_fps(path: str | os.PathLike, fps: float) -> float:
+    """The frame rate a player will actually show for ``fps`` in this format (GIF: ``100 / delay``)."""
+    return 100 / gif_delay_cs(fps) if video_format(path) == ".gif" else float(fps)
+
+
 # ---- writers: each writes a complete output at `tmp` ---------------------------------------------
 def _write_gif(frames: np.ndarray, tmp: Path, fps: float) -> None:
     images = [Image.fromarray(frame) for frame in frames]
-    # loop=0: loop forever; GIF durations are whole milliseconds (and really centiseconds).
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    # loop=0: loop forever. Pillow truncates milliseconds to centiseconds, so hand it whole centiseconds.
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=10 * gif_delay_cs(fps), loop=0)
 
 
 def _write_webp(frames: np.ndarray, tmp: Path, fps: float) -> None:
@@ -95,10 +116,98 @@ def _write_mp4(frames: np.ndarray, tmp: Path, fps: float) -> None:
 def _write_png_folder(frames: np.ndarray, tmp: Path, fps: float) -> None:
     tmp.mkdir()
     for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(tmp / f"frame_{i:04d}.png")
+        Image.fromarray(frame).save(tmp / frame_name(i))
 
 
 _WRITERS = {".gif": _write_gif, ".webp": _write_webp, ".mp4": _write_mp4, "": _write_png_folder}
+
+
+# ---- output targets: what may be written where ------------------------------------------------------
+_OUR_FOLDER_FILE = re.compile(r"frame_\d{4,}\.png|" + re.escape(SIDECAR_IN_FOLDER))
+_SIGNATURES = {  # how a file of each format starts: anything else at the target is not ours to replace
+    ".gif": lambda head: head[:4] == b"GIF8",
+    ".webp": lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP",
+    ".mp4": lambda head: head[4:8] == b"ftyp",
+}
+_KIND_NAMES = {".gif": "GIF", ".webp": "WebP", ".mp4": "MP4"}
+
+
+def frame_name(index: int) -> str:
+    return f"frame_{index:04d}.png"
+
+
+def _is_ours_in_folder(name: str) -> bool:
+    return bool(_OUR_FOLDER_FILE.fullmatch(name))
+
+
+def _has_signature(path: Path, fmt: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return _SIGNATURES[fmt](f.read(12))
+    except OSError:
+        return False
+
+
+def _is_our_sidecar(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("generator") == "animatediff"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_parent_writable(folder: Path, field: str, target: Path) -> None:
+    """``folder`` (or, if it does not exist yet, its nearest existing ancestor) must be a writable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"cannot create {folder}: {existing} is a file, not a folder", field=field, value=target)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"no permission to write in {existing}", field=field, value=target)
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, field: str = "out") -> Path:
+    """Refuse an output target that cannot be written or whose writing would destroy something; call it
+    before any heavy work (``save_video`` calls it again just before writing). Returns the path.
+
+    Allowed: a new path; an existing file of the same format (a GIF at ``clip.gif``: a re-run replaces it);
+    an existing folder for PNG frames that is empty or holds only this program's ``frame_NNNN.png`` and
+    ``settings.json``. Refused with ``UserInputError`` naming ``field``: an unknown extension, a parent that
+    is a file or not writable, a folder where a file goes, a file where a folder goes, and, unless
+    ``overwrite``, a file of another kind or a folder holding other files (with ``overwrite`` only our own
+    files in it are replaced; the rest stay). The sidecar (``clip.gif.json``) follows the same rules."""
+    path = Path(path)
+    fmt = video_format(path, field)
+    check_parent_writable(path.parent, field, path)
+    if fmt == "":
+        if path.exists() and not path.is_dir():
+            raise UserInputError("exists and is a file; PNG frames need a folder name (nothing was written)", field=field, value=path)
+        if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise UserInputError(f"no permission to write in the folder {path}", field=field, value=path)
+            foreign = sorted(p.name for p in path.iterdir() if not (_is_ours_in_folder(p.name) and p.is_file()))
+            if foreign and not overwrite:
+                examples = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise UserInputError(
+                    f"the folder exists and holds {len(foreign)} entries that are not frames written by animatediff "
+                    f"({examples}); choose a new name, or overwrite to replace only its frame_NNNN.png and "
+                    f"{SIDECAR_IN_FOLDER} (nothing else is touched)", field=field, value=path)
+        return path
+    check_file_target(path, lambda p: _has_signature(p, fmt), f"a {_KIND_NAMES[fmt]} file", overwrite, field)
+    check_file_target(sidecar_path(path), _is_our_sidecar, "an animatediff settings sidecar", overwrite, field, value=path)
+    return path
+
+
+def check_file_target(target: Path, is_ours, kind: str, overwrite: bool, field: str, value: object = None) -> None:
+    """A file output may replace an existing file only if ``is_ours(target)`` (it is ``kind``) or ``overwrite``;
+    never a folder. Raises ``UserInputError`` naming ``field`` (with ``value``, default the target)."""
+    target = Path(target)
+    value = target if value is None else value
+    if target.is_dir():
+        raise UserInputError(f"{target} is a folder; give a file name", field=field, value=value)
+    if target.exists() and not overwrite and not is_ours(target):
+        raise UserInputError(f"{target} exists and is not {kind}; choose a new name, or overwrite to replace it",
+                             field=field, value=value)
 
 
 # ---- atomic placement ------------------------------------------------------------------------------
@@ -106,30 +215,31 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+def _remove_temp(tmp: Path) -> None:
+    """Remove a temporary output this module created (never anything else)."""
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` to ``path``. Files: one atomic ``os.replace``. Folders cannot replace a
-    non-empty folder atomically, so the old one is first renamed aside and removed only after the swap."""
-    if not (tmp.is_dir() and path.exists()):
+def _place_folder(tmp: Path, path: Path) -> None:
+    """Move the finished frame folder ``tmp`` to ``path``. A new folder moves in with one atomic rename; into
+    an existing folder each file is moved with its own atomic ``os.replace``, stale frames of an earlier, longer
+    clip are removed (they are ours by name) and everything else in the folder is left alone."""
+    if not path.exists():
         os.replace(tmp, path)
         return
-    backup = _temp_name(path)
-    os.replace(path, backup)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(backup, path)  # put the old output back
-        raise
-    _remove(backup)
+    new = {p.name for p in tmp.iterdir()}
+    for name in sorted(new - {SIDECAR_IN_FOLDER}) + sorted(new & {SIDECAR_IN_FOLDER}):  # sidecar last
+        os.replace(tmp / name, path / name)
+    for old in path.iterdir():
+        if old.name not in new and old.is_file() and _is_ours_in_folder(old.name) and old.name != SIDECAR_IN_FOLDER:
+            old.unlink()
+    tmp.rmdir()
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
+def write_json_atomic(data: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -145,28 +255,41 @@ def _write_json_atomic(data: dict, path: Path) -> None:
 
 
 def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 8,
-               metadata: dict | None = None) -> Path:
+               metadata: dict | None = None, overwrite: bool = False) -> Path:
     """Write one clip to ``path`` (format by extension, see the module docstring); returns the path.
 
-    ``frames``: float ``(3, f, H, W)`` in [0, 1] or uint8 ``(f, H, W, 3)``. ``metadata`` goes to the JSON
-    sidecar (non-JSON values such as paths are written as strings)."""
+    ``frames``: float ``(3, f, H, W)`` in [0, 1] or uint8 ``(f, H, W, 3)``. ``fps``: frames per second
+    (fractional rates such as 24000/1001 are kept in MP4/WebP; GIF rounds to whole centiseconds, at most 50
+    fps). ``metadata`` goes to the JSON sidecar with ``fps`` set to the rate actually written (and
+    ``fps_requested`` when that differs); non-JSON values such as paths are written as strings. The target
+    is checked with ``check_output(path, overwrite)`` first: nothing of the user's is ever replaced."""
     path = Path(path)
     writer = _WRITERS[video_format(path)]
-    if fps <= 0:
-        raise UserInputError(f"--fps {fps}: must be positive")
+    if not fps > 0:
+        raise UserInputError("must be positive", field="fps", value=fps)
     frames = to_uint8_frames(frames)
+    written_fps = effective_fps(path, fps)
+    if written_fps != fps:
+        if fps > 100 / GIF_MIN_DELAY_CS:
+            logger.warning("fps %g: a GIF cannot play faster than %g fps; writing %g fps", fps, written_fps, written_fps)
+        if metadata is not None:
+            metadata = {**metadata, "fps": written_fps, "fps_requested": fps}
+    check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
         writer(frames, tmp, fps)
         if metadata is not None and tmp.is_dir():  # the folder's sidecar moves in with the frames
-            _write_json_atomic(metadata, tmp / SIDECAR_IN_FOLDER)
-        _replace(tmp, path)
+            write_json_atomic(metadata, tmp / SIDECAR_IN_FOLDER)
+        if tmp.is_dir():
+            _place_folder(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
-        _remove(tmp)
+        _remove_temp(tmp)
         raise
     if metadata is not None and not path.is_dir():
-        _write_json_atomic(metadata, sidecar_path(path))
+        write_json_atomic(metadata, sidecar_path(path))
     return path
 
 
