@@ -27,7 +27,7 @@ t0 = time.perf_counter()
 import animatediff.cli
 from animatediff.api import Animator
 t1 = time.perf_counter()
-from animatediff.demo import bundled
+from animatediff import bundled
 found = bundled.resolve(None, None)
 animator = Animator.load(found.model, found.motion_module)
 t2 = time.perf_counter()

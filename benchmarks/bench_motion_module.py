@@ -20,7 +20,7 @@ import time
 import torch
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
-from animatediff.convert import motion_module_to_diffusers
+from animatediff.weights.convert import motion_module_to_diffusers
 from animatediff.motion_module import VanillaTemporalModule
 from animatediff.presets import get_preset
 

@@ -54,7 +54,7 @@ def run_one(size: str, checkpointing: bool, steps: int) -> dict:
     """Child process: train ``steps`` steps, return clips/s (after the first step) and peak memory."""
     import torch
 
-    from animatediff.synthetic import write_dataset
+    from animatediff.demo.world import write_dataset
     from animatediff.training import load_config, train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@ Full-size SD1.5 UNet + v2 motion module (21 modules, 453 M parameters), fp32 on 
 classifier-free guidance (UNet batch 2), DDIM. Both sides get IDENTICAL weights:
 - the 2-D UNet: ``torch.manual_seed(0)`` then ``UNet2DConditionModel(**SD15_UNET_CONFIG)``;
 - the motion module: every tensor filled from its own generator seeded by a hash of its official key,
-  converted to diffusers' MotionAdapter layout with ``animatediff.convert.motion_module_to_diffusers``.
+  converted to diffusers' MotionAdapter layout with ``animatediff.weights.convert.motion_module_to_diffusers``.
 
 Each implementation runs in its own subprocess, so its peak RSS is its own. Usage::
 
@@ -153,7 +153,7 @@ def build_diffusers():
     import torch
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-    from animatediff.convert import motion_module_to_diffusers
+    from animatediff.weights.convert import motion_module_to_diffusers
     from animatediff.presets import get_preset
 
     config = get_preset("v2")

@@ -29,7 +29,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from animatediff.components import package_data
-from animatediff.convert import clip_to_ldm, unet_to_ldm, vae_to_ldm
+from animatediff.weights.convert import clip_to_ldm, unet_to_ldm, vae_to_ldm
 from animatediff.motion_module import MotionModules, sinusoidal_position_encoding
 from animatediff.presets import MOTION_PRESETS
 
@@ -160,7 +160,7 @@ def write_motion_lora(out: Path, meta: MotionModules, rank: int = 4) -> Path:
 
 def write_tiny_folder(out: Path, configs: dict[str, dict]) -> None:
     """The tiny configs and weights as a diffusers folder (``load_base_model(OUT/sd15)``)."""
-    from animatediff.loading import load_base_model
+    from animatediff.weights.load import load_base_model
 
     model = load_base_model(str(out / "sd15.safetensors"), config_dir=_write_configs(out / "sd15", configs))
     model.unet.save_pretrained(out / "sd15" / "unet")

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from animatediff.components import BaseModel
-from animatediff.convert import clip_to_ldm, open_clip_to_ldm, unet_name_to_ldm, unet_to_ldm, vae_to_ldm
+from animatediff.weights.convert import clip_to_ldm, open_clip_to_ldm, unet_name_to_ldm, unet_to_ldm, vae_to_ldm
 from animatediff.motion_module import MotionModules, sinusoidal_position_encoding
 
 from conftest import randomize_, tiny_motion_config

@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from animatediff.checkpoints import file_sha256, read_keys, read_state_dict
+from animatediff.weights.files import file_sha256, read_keys, read_state_dict
 from animatediff.errors import UserInputError
 
 from fixtures import write_code_execution_pickle, write_corrupt, write_truncated_safetensors

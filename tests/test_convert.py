@@ -10,11 +10,11 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from animatediff.components import package_data
-from animatediff.convert import (
+from animatediff.weights.convert import (
     clip_to_ldm, motion_module_from_diffusers, motion_module_to_diffusers, open_clip_to_ldm, unet_name_to_ldm, unet_to_ldm,
     vae_to_ldm,
 )
-from animatediff.loading import load_motion_modules
+from animatediff.weights.load import load_motion_modules
 from animatediff.motion_module import MotionModules
 
 from fixtures import official_motion_state_dict, save, tiny_config

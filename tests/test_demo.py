@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 
 from animatediff.cli import main
-from animatediff.demo import bundled
-from animatediff.loading import load_base_model, load_motion_modules
-from animatediff.lora import apply_domain_adapter, apply_lora, apply_motion_lora
+from animatediff import bundled
+from animatediff.weights.load import load_base_model, load_motion_modules
+from animatediff.weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from animatediff.video_io import read_frames, sidecar_path
 
 PROMPT = "a red circle bouncing on a blue striped background"
@@ -131,7 +131,7 @@ def test_processor_lora_to_kohya_merges_the_same_weights():
     import fixtures
     from tiny_models import tiny_base_model
 
-    from animatediff.convert import processor_lora_to_kohya
+    from animatediff.weights.convert import processor_lora_to_kohya
 
     base = tiny_base_model()
     processor = fixtures.domain_adapter_state_dict(base.unet)

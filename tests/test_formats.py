@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from animatediff.convert import motion_module_to_diffusers
+from animatediff.weights.convert import motion_module_to_diffusers
 from animatediff.errors import UserInputError
-from animatediff.formats import describe_file, detect_kind
+from animatediff.weights.detect import describe_file, detect_kind
 
 from conftest import tiny_unet
 from fixtures import (

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from animatediff.errors import UserInputError
-from animatediff.loading import check_motion_fits, load_base_model, load_motion_modules
+from animatediff.weights.load import check_motion_fits, load_base_model, load_motion_modules
 from animatediff.motion_module import MotionModules
 
 from conftest import tiny_motion_config, tiny_unet
@@ -141,7 +141,7 @@ def test_motion_module_errors_name_the_file(tmp_path):
 
 
 def test_diffusers_motion_adapter_layout_file_and_folder(tmp_path):
-    from animatediff.convert import motion_module_to_diffusers
+    from animatediff.weights.convert import motion_module_to_diffusers
 
     state = official_motion_state_dict("v2")
     converted = motion_module_to_diffusers(state)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from animatediff.errors import UserInputError
-from animatediff.lora import apply_domain_adapter, apply_lora, apply_motion_lora
+from animatediff.weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from animatediff.motion_module import MotionModules
 
 from conftest import randomize_, tiny_unet

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from animatediff import metrics as M
-from animatediff import synthetic as S
+from animatediff.demo import world as S
 from animatediff.errors import UserInputError
 from animatediff.evaluate import add_eval_parser, evaluate, read_clip
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import MotionAdapter, UNetMotionModel
 
-from animatediff.convert import motion_module_to_diffusers
+from animatediff.weights.convert import motion_module_to_diffusers
 from animatediff.inflation import AnimateDiffUNet
 from animatediff.motion_module import MotionModules, sinusoidal_position_encoding
 from animatediff.presets import MotionModuleConfig
@@ -113,10 +113,10 @@ def test_official_per_frame_groupnorm_differs_from_diffusers(preset):
 def test_pipeline_matches_diffusers_animatediff_pipeline():
     """End to end (CLIP text, CFG, DDIM with the AnimateDiff schedule, VAE decode) on tiny components:
     our AnimationPipeline vs diffusers' AnimateDiffPipeline, from the same initial latents."""
-    pipeline = pytest.importorskip("animatediff.pipeline")
+    pipeline = pytest.importorskip("animatediff.generation.pipeline")
     from diffusers import AnimateDiffPipeline
 
-    from animatediff.schedulers import make_scheduler
+    from animatediff.sampling.schedulers import make_scheduler
 
     from tiny_models import tiny_base_model
 

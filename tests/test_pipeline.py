@@ -9,7 +9,7 @@ import torch
 
 from animatediff.errors import UserInputError
 from animatediff.motion_module import MotionModules
-from animatediff.pipeline import AnimationPipeline, GenerationConfig, generate
+from animatediff.generation.pipeline import AnimationPipeline, GenerationConfig, generate
 
 from conftest import randomize_, tiny_motion_config
 from tiny_models import tiny_base_model
@@ -123,7 +123,7 @@ def test_frame_by_frame_baseline_equals_image_model_per_frame(base):
 
 
 def test_v_prediction_base_samples_with_a_v_prediction_scheduler(base, motion, monkeypatch):
-    import animatediff.pipeline as pipeline_module
+    import animatediff.generation.pipeline as pipeline_module
 
     made = []
     real = pipeline_module.make_scheduler

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from animatediff import reproduce, synthetic
+from animatediff.demo import reproduce, world as synthetic
 from animatediff.demo import report
 from animatediff.errors import UserInputError
-from animatediff.reproduce import Clip, Results, Settings
+from animatediff.demo.reproduce import Clip, Results, Settings
 
 TINY = Settings(num_frames=8, table_prompts=2, seeds=(1,), camera_prompts=1, camera_seeds=(1,), ceiling_clips=1)
 

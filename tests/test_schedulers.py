@@ -7,9 +7,9 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
 
 from animatediff.errors import UserInputError
-from animatediff.guidance import ClassifierFreeGuidance
-from animatediff.sampling import sample
-from animatediff.schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler
+from animatediff.sampling.guidance import ClassifierFreeGuidance
+from animatediff.sampling.loop import sample
+from animatediff.sampling.schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler
 
 
 def test_official_ddim_timesteps():

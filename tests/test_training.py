@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from animatediff.convert import motion_module_to_diffusers
+from animatediff.weights.convert import motion_module_to_diffusers
 from animatediff.errors import UserInputError
 from animatediff.inflation import AnimateDiffUNet
 from animatediff.training import load_config, train
@@ -30,7 +30,7 @@ torch.set_num_threads(1)  # the machine is shared
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """3 real MP4s + a corrupt file + a too-short video, WebVid layout."""
-    from animatediff.synthetic import write_dataset
+    from animatediff.demo.world import write_dataset
 
     folder = tmp_path_factory.mktemp("videos")
     csv_path = write_dataset(folder, 3, num_frames=10, height=32, width=32)
@@ -73,7 +73,7 @@ LORA_KEY = re.compile(r"\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
 # ---- each mode: finite loss, only the intended parameters change, official export -----------------------
 @pytest.mark.parametrize("mode", ["image", "domain-adapter", "motion-module", "motion-lora"])
 def test_mode_trains_only_its_parameters_and_exports_official_keys(mode, data, motion_file, tmp_path):
-    from animatediff.loading import load_motion_modules
+    from animatediff.weights.load import load_motion_modules
 
     base = tiny_base_model()
     extra = {"motion_module": str(motion_file), "lora_alpha": 4.0} if mode == "motion-lora" else {}
@@ -92,7 +92,7 @@ def test_mode_trains_only_its_parameters_and_exports_official_keys(mode, data, m
     assert diff == set()  # the frozen model is bit-identical; LoRA / motion modules live elsewhere
     state = load_file(str(exported))
     if mode == "motion-module":
-        from animatediff.loading import load_motion_modules
+        from animatediff.weights.load import load_motion_modules
 
         loaded = load_motion_modules(str(exported))
         assert set(state) - {k for k in state if k.endswith("pos_encoder.pe")} == set(loaded.state_dict())
@@ -120,7 +120,7 @@ def _official_merge(root: torch.nn.Module, state: dict, alpha: float = 1.0) -> N
 @pytest.mark.parametrize("mode", ["domain-adapter", "motion-lora"])
 def test_lora_export_merges_to_the_trained_model(mode, data, motion_file, tmp_path):
     """Merging the export by the official convention (scale folded into up) gives the trained model's output."""
-    from animatediff.loading import load_motion_modules
+    from animatediff.weights.load import load_motion_modules
     from animatediff.training.modes import build
 
     base = tiny_base_model()
@@ -137,7 +137,7 @@ def test_lora_export_merges_to_the_trained_model(mode, data, motion_file, tmp_pa
         _official_merge(motion if motion is not None else base.unet, state)
         reference = AnimateDiffUNet(base.unet, motion)(x, torch.tensor([500]), text)
     torch.testing.assert_close(reference, trained, rtol=1e-4, atol=1e-5)
-    import animatediff.lora as loaders
+    import animatediff.weights.lora as loaders
 
     apply = getattr(loaders, "apply_motion_lora" if motion is not None else "apply_domain_adapter", None)
     if apply is None:  # the project's loaders do not merge LoRAs yet: the official rule above stands in
@@ -286,7 +286,7 @@ def test_cli_trains_from_a_diffusers_folder_and_rejects_bad_input(data, tmp_path
     assert (tmp_path / "o" / "samples" / "step-000002" / "0-seed1.gif").is_file()  # validation GIF from the pipeline
     exported = tmp_path / "o" / "motion-module-final.safetensors"
     assert exported.is_file()
-    from animatediff.loading import load_motion_modules
+    from animatediff.weights.load import load_motion_modules
 
     load_motion_modules(str(exported))
     clip = tmp_path / "trained.gif"  # what `train motion-module` writes is what `generate --motion-module` reads

@@ -18,7 +18,7 @@ from tiny_models import save_diffusers_folder, tiny_base_model
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tmp_path):
-    from animatediff.synthetic import write_dataset
+    from animatediff.demo.world import write_dataset
 
     csv_path = write_dataset(tmp_path / "data", 4, num_frames=10, height=32, width=32)
     base = save_diffusers_folder(tiny_base_model(), tmp_path / "base")

@@ -6,10 +6,10 @@ from .api import Animator
 from .components import BaseModel
 from .errors import UserInputError
 from .inflation import AnimateDiffUNet
-from .loading import load_base_model, load_motion_modules
-from .lora import apply_domain_adapter, apply_lora, apply_motion_lora
+from .weights.load import load_base_model, load_motion_modules
+from .weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from .motion_module import MotionModules
-from .pipeline import AnimationPipeline, GenerationConfig, GenerationResult
+from .generation.pipeline import AnimationPipeline, GenerationConfig, GenerationResult
 from .presets import MOTION_PRESETS, MotionModuleConfig, get_preset
 from .video_io import read_frames, save_video
 

@@ -18,13 +18,13 @@ from typing import Callable
 
 import torch
 
-from .checkpoints import file_sha256
+from .weights.files import file_sha256
 from .components import BaseModel
 from .errors import UserInputError
-from .loading import load_base_model, load_motion_modules
-from .lora import apply_domain_adapter, apply_lora, apply_motion_lora
+from .weights.load import load_base_model, load_motion_modules
+from .weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from .motion_module import MotionModules
-from .pipeline import AnimationPipeline, GenerationConfig, GenerationResult
+from .generation.pipeline import AnimationPipeline, GenerationConfig, GenerationResult
 from .video_io import save_video
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Animator:
         """Load a base model (diffusers folder, cached repo id or single file) and a motion module file.
         ``model_config``: a folder of component configs for a single file that is not stock SD1.5/SDXL.
         ``model=None`` or a bundled name (``base``, ``personal``) loads the bundled demo family (demo/bundled.py)."""
-        from .demo.bundled import resolve
+        from .bundled import resolve
 
         found = resolve(model, motion_module)
         model, motion_module = found.model, found.motion_module
@@ -90,7 +90,7 @@ class Animator:
         adapter: tuple[str, float] | None = None,
     ) -> None:
         """Unmerge whatever was merged before, then merge these (official order: LoRA, adapter, MotionLoRAs)."""
-        from .demo.bundled import resolve_addons
+        from .bundled import resolve_addons
 
         wanted = LoraSet(*resolve_addons(loras, motion_loras, adapter))  # bundled names (personal-lora, ZoomIn) -> files
         if wanted == self.lora_set:

@@ -109,7 +109,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         if not args.prompt:
             raise UserInputError("generate: give a PROMPT (or --config FILE.yaml)")
-        from .demo.bundled import resolve  # no --model: the bundled demo family; bundled names -> files
+        from .bundled import resolve  # no --model: the bundled demo family; bundled names -> files
 
         found = resolve(args.model, args.motion_module, loras, motion_loras, adapter)
         out = Path(args.out) if args.out else Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(args.prompt, 6)}.gif"
@@ -130,7 +130,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _run_jobs(jobs, args) -> int:
     from .api import Animator
-    from .pipeline import GenerationConfig
+    from .generation.pipeline import GenerationConfig
 
     device, dtype = _device_and_dtype(args)
     animator, loaded = None, None
@@ -152,7 +152,7 @@ def _run_jobs(jobs, args) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .formats import describe_file
+    from .weights.detect import describe_file
 
     for path in args.files:
         print(describe_file(path).summary())

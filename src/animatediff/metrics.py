@@ -10,7 +10,7 @@ pixel taking the flow of the channel with the most local texture — grayscale a
 - :func:`dynamic_degree` — VBench ``dynamic_degree``: mean of the top 5 % flow magnitudes per pair, thresholds
   scaled to the resolution and frame rate; :func:`is_static` — VBench's static filter (top 2 %).
 - :func:`camera_motion` — similarity transform fitted to the flow (zoom, roll, pan, tilt + one of the eight
-  MotionLoRA labels, camera-centric, the same conventions as :func:`animatediff.synthetic.camera_move`).
+  MotionLoRA labels, camera-centric, the same conventions as :func:`animatediff.demo.world.camera_move`).
 - Demo-world metrics: :func:`attribute_accuracy` (a text-alignment stand-in for CLIP), :func:`watermark_score`,
   :func:`style_score`.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import synthetic
+from .demo import world as synthetic
 
 # ------------------------------------------------------------------------------------------ optical flow
 

@@ -97,7 +97,7 @@ class Builder:
 
     # ---- data --------------------------------------------------------------------------------------
     def stage_data(self) -> None:
-        from ..synthetic import write_dataset
+        from .world import write_dataset
 
         if self.done("data", self.data / "clips.csv"):
             return
@@ -249,7 +249,7 @@ class Builder:
 
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:
-        from ..convert import processor_lora_to_kohya
+        from ..weights.convert import processor_lora_to_kohya
 
         self.record = json.loads(self.record_path.read_text())  # stages another build process recorded
         out = self.out
@@ -268,7 +268,7 @@ class Builder:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*.safetensors"))}
         meta = {
             "description": "The bundled demo family of animatediff, trained by `python -m animatediff.demo.build` "
-                           "on the synthetic shapes world (animatediff.synthetic). Weights: fp16.",
+                           "on the synthetic shapes world (animatediff.demo.world). Weights: fp16.",
             "generation_defaults": GENERATION_DEFAULTS,
             "motion_module": {"preset": "v3", "block_out_channels": list(UNET_CONFIG["block_out_channels"]),
                               "layers_per_block": UNET_CONFIG["layers_per_block"], "norm_num_groups": 32,

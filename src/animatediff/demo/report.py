@@ -1,6 +1,6 @@
 """``python -m animatediff.demo.report``: regenerate ``docs/reproduction.md`` (tables, one plot, example GIFs).
 
-Runs :func:`animatediff.reproduce.run` on the bundled demo family (or ``--models DIR``) and writes
+Runs :func:`animatediff.demo.reproduce.run` on the bundled demo family (or ``--models DIR``) and writes
 
     docs/reproduction.md              the report: targets, Table 1 / Fig. 6 / Fig. 7 analogs, settings, hashes
     docs/reproduction/plot.png        the one plot (adapter sweep, camera-move accuracy, warping error)
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import reproduce, synthetic
+from . import reproduce, world as synthetic
 from ..errors import UserInputError
-from ..reproduce import Results
+from .reproduce import Results
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
     out = ["# Reproducing the paper's claims on the bundled demo family", "",
            "AnimateDiff (Guo et al., ICLR 2024) claims, measured at small scale on the project's own demo model "
            "family (a small Stable-Diffusion-structured model trained on the synthetic shapes world of "
-           "`animatediff.synthetic`). CLIP is not available here, so the metrics are the weight-free stand-ins of "
+           "`animatediff.demo.world`). CLIP is not available here, so the metrics are the weight-free stand-ins of "
            "`animatediff.metrics` (formulas: `../shared/reference/metrics.md`); numbers are not comparable with the "
            "paper's, only the direction of each claim is. **This file is generated; do not edit it by hand.**", "",
            _table(["", ""], [[k, v] for k, v in header.items()]), ""]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserInputError
-from ..synthetic import camera_move
+from ..demo.world import camera_move
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)

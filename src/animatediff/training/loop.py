@@ -199,7 +199,7 @@ class MetricsLog:
 def validate(config: TrainConfig, base: BaseModel, motion: MotionModules | None, step: int, output_dir: Path) -> None:
     """Sample the fixed prompts/seeds with the generation pipeline and save GIFs."""
     try:
-        from ..pipeline import AnimationPipeline, GenerationConfig
+        from ..generation.pipeline import AnimationPipeline, GenerationConfig
         from ..video_io import save_video
     except ImportError as e:
         logger.warning("validation skipped: the generation pipeline is unavailable (%s)", e)

@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..components import BaseModel
-from ..convert import is_position_encoding_key
+from ..weights.convert import is_position_encoding_key
 from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
-from ..loading import load_base_model, load_motion_modules
+from ..weights.load import load_base_model, load_motion_modules
 from ..motion_module import MotionModules
 from ..presets import get_preset
 from .config import TrainConfig
@@ -116,7 +116,7 @@ def fresh_motion(config: TrainConfig, unet, mid_block: bool | None = None) -> Mo
 def merge_domain_adapter(base: BaseModel, path: str) -> None:
     """Merge a domain adapter into the frozen UNet at scale 1 (paper §4.2 trains the motion module on top of it)."""
     try:
-        from ..lora import apply_domain_adapter
+        from ..weights.lora import apply_domain_adapter
     except ImportError:  # lora.py absent: the official merge rule, inline
         apply_domain_adapter = None
     if apply_domain_adapter is not None:

@@ -29,12 +29,12 @@ from diffusers.loaders.single_file_utils import (
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .checkpoints import read_keys, read_state_dict
-from .components import BaseModel, package_data
+from .files import read_keys, read_state_dict
+from ..components import BaseModel, package_data
 from .convert import clean_official_motion_state_dict, motion_module_from_diffusers
-from .errors import UserInputError
-from .motion_module import MotionModules
-from .presets import MotionModuleConfig, get_preset
+from ..errors import UserInputError
+from ..motion_module import MotionModules
+from ..presets import MotionModuleConfig, get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _read_motion_source(source) -> tuple[dict, str, dict]:
 def motion_config_from_state_dict(state_dict: dict, name: str = "", preset: str | None = None) -> MotionModuleConfig:
     """Detect the preset (v1/v2/v3/sdxl-beta/animatelcm/lightning) of an official-layout motion module state
     dict and adapt its channels, layers per block and attention count to what the file contains."""
-    from .formats import detect_motion_module
+    from .detect import detect_motion_module
 
     found = detect_motion_module(state_dict, name)
     if found is None:
@@ -365,7 +365,7 @@ def load_motion_modules(
     ``config`` overrides the whole architecture (tests, unusual files); ``unet``, when given, is checked to
     fit (SDXL modules on an SD1.5 UNet is a ``UserInputError`` naming the file)."""
     state_dict, name, _ = _read_motion_source(source)
-    from .formats import detect_kind
+    from .detect import detect_kind
 
     description = detect_kind(state_dict)
     if description.kind not in ("motion-module", "unknown"):
@@ -393,7 +393,7 @@ def load_motion_modules(
 
 def check_motion_fits(unet: UNet2DConditionModel, motion: MotionModules) -> None:
     """``inflation._check_fits`` as a ``UserInputError`` that names the motion module file."""
-    from .inflation import _check_fits
+    from ..inflation import _check_fits
 
     try:
         _check_fits(getattr(unet, "unet", unet), motion)

@@ -30,12 +30,13 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from . import metrics, synthetic
-from .api import Animator
-from .checkpoints import file_sha256
-from .errors import UserInputError
-from .pipeline import GenerationConfig
-from .video_io import to_uint8_frames
+from .. import metrics
+from . import world as synthetic
+from ..api import Animator
+from ..weights.files import file_sha256
+from ..errors import UserInputError
+from ..generation.pipeline import GenerationConfig
+from ..video_io import to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class ModelFiles:
 
 def bundled_dir() -> Path:
     """Folder of the bundled demo family (package data)."""
-    from .demo.bundled import demo_root
+    from ..bundled import demo_root
 
     return demo_root()
 
@@ -464,8 +465,8 @@ def _sweeps(runner: _Runner, animator: Animator, results: Results, files: ModelF
     loop and the family's own MotionLoRA recipe, then measure its camera-move accuracy like the bundled ones."""
     import tempfile
 
-    from .training.config import load_config
-    from .training.loop import train
+    from ..training.config import load_config
+    from ..training.loop import train
 
     points = sweep_points(settings)
     with tempfile.TemporaryDirectory(prefix="animatediff-sweeps-") as work:

@@ -23,7 +23,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     # eta is a step() argument (0 = deterministic DDIM, as in the official scripts), not a config key.

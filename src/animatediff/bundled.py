@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..components import package_data
-from ..errors import UserInputError
+from .components import package_data
+from .errors import UserInputError
 
 MODELS = ("base", "personal")
 LORAS = ("personal-lora",)

@@ -18,12 +18,12 @@ from math import prod
 import torch
 from torch import nn
 
-from .checkpoints import read_state_dict
-from .components import BaseModel
+from .files import read_state_dict
+from ..components import BaseModel
 from .convert import motion_module_from_diffusers, unet_name_to_ldm
-from .errors import UserInputError
-from .loading import _examples
-from .motion_module import MotionModules
+from ..errors import UserInputError
+from .load import _examples
+from ..motion_module import MotionModules
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import read_keys
-from .errors import UserInputError
+from .files import read_keys
+from ..errors import UserInputError
 
 _MOTION_KEY = re.compile(r"^(?:module\.)?(down_blocks\.(\d+)|up_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.(.*)$")
 _BASE_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
@@ -157,7 +157,7 @@ def detect_kind(state_dict: dict) -> FileDescription:
         details["position_encoding"] = f"{motion['pe_length']} frames" if motion["pe_length"] else "not stored"
         return FileDescription("motion-module", motion["version"], _num_params(state_dict, skip_pe=True), motion["base"], details)
     if any(k.startswith("model.diffusion_model.") for k in keys):
-        from .loading import detect_ldm_base
+        from .load import detect_ldm_base
 
         base = detect_ldm_base(keys)
         details = {"vae": any(k.startswith("first_stage_model.") for k in keys),

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from animatediff import synthetic as S
+from animatediff.demo import world as S
 
 
 def test_deterministic_per_seed():

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .components import BaseModel
-from .errors import UserInputError
-from .guidance import ClassifierFreeGuidance, Conditioning
-from .inflation import AnimateDiffUNet
-from .motion_module import MotionModules
-from .sampling import Progress, sample
-from .schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler
+from ..components import BaseModel
+from ..errors import UserInputError
+from ..sampling.guidance import ClassifierFreeGuidance, Conditioning
+from ..inflation import AnimateDiffUNet
+from ..motion_module import MotionModules
+from ..sampling.loop import Progress, sample
+from ..sampling.schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler
 
 logger = logging.getLogger(__name__)
 
