@@ -273,8 +273,9 @@ def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: 
     is checked with ``check_output(path, overwrite)`` first: nothing of the user's is ever replaced.
     ``crf``: the H.264 quality of an MP4 (lower = closer to the frames, larger); other formats ignore it."""
     path = Path(path)
-    fmt = video_format(path)
-    writer = partial(_write_mp4, crf=crf) if fmt == ".mp4" else _WRITERS[fmt]
+    writer = _WRITERS[video_format(path)]
+    if writer is _write_mp4 and crf != MP4_CRF:
+        writer = partial(writer, crf=crf)
     if not fps > 0:
         raise UserInputError("must be positive", field="fps", value=fps)
     frames = to_uint8_frames(frames)
