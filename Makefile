@@ -7,7 +7,7 @@ DEMO := outputs/demo
 
 install:
 	$(PIP) install -q torch==2.13.0            # the CPU wheel; must come before anything that depends on torch
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,demo]"       # demo: OpenCV + matplotlib for the demo world, eval and the report
 
 demo: install  # the bundled demo model (src/animatediff/data/demo): no model flags needed
 	$(PY) -m animatediff generate "a red circle bouncing on a blue striped background" --seed 42 --out $(DEMO)/demo.gif

@@ -9,25 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from animatediff.demo import reproduce, world as synthetic
-from animatediff.demo import report
+from animatediff.demo import report, reproduce, scores, world
 from animatediff.errors import UserInputError
+from animatediff.presets import CAMERA_MOVES
+from animatediff.training import augment
 from animatediff.demo.reproduce import Clip, Results, Settings
 
 TINY = Settings(num_frames=8, table_prompts=2, seeds=(1,), camera_prompts=1, camera_seeds=(1,), ceiling_clips=1)
 
 
 def test_prompts_are_fixed_and_name_attributes():
-    first = [synthetic.caption(s) for s in reproduce.table_specs(Settings())]
-    assert first == [synthetic.caption(s) for s in reproduce.table_specs(Settings())]
+    first = [world.caption(s) for s in reproduce.table_specs(Settings())]
+    assert first == [world.caption(s) for s in reproduce.table_specs(Settings())]
     assert len(first) == Settings().table_prompts and len(set(first)) == len(first)
     for spec, prompt in zip(reproduce.table_specs(Settings()), first):
-        parsed = reproduce.metrics.parse_prompt(prompt)
+        parsed = scores.parse_prompt(prompt)
         assert [o for o, _ in parsed["objects"]] == [o.color for o in spec.objects]
         assert parsed["background"] == spec.background_color
-    camera = [synthetic.caption(s, motion=False) for s in reproduce.camera_specs(Settings())]
+    camera = [world.caption(s, motion=False) for s in reproduce.camera_specs(Settings())]
     assert all(len(s.objects) == 1 and s.objects[0].motion == "static" for s in reproduce.camera_specs(Settings()))
-    assert not any(phrase in p for p in camera for phrase in synthetic.CAMERA_PHRASES.values())
+    assert not any(phrase in p for p in camera for phrase in world.CAMERA_PHRASES.values())
 
 
 def test_model_files_need_base_and_motion_module(tmp_path):
@@ -49,7 +50,7 @@ def test_model_files_need_base_and_motion_module(tmp_path):
 
 
 def _clip(experiment, condition, spec, frames, seed=0, settings=TINY):
-    prompt = synthetic.caption(spec)
+    prompt = world.caption(spec)
     return Clip(experiment, condition, prompt, seed, reproduce.clip_metrics(frames, prompt, settings.fps), 1.0, frames)
 
 
@@ -60,22 +61,22 @@ def _known_results() -> Results:
     results = Results(TINY, files)
     size = (TINY.num_frames, TINY.height, TINY.width)
     for i, spec in enumerate(reproduce.table_specs(TINY)):
-        video = synthetic.make_video(spec, *size, watermark=False)
-        others = [synthetic.make_image(synthetic.random_spec(np.random.default_rng([9, i, t]), "video"))
+        video = world.make_video(spec, *size, watermark=False)
+        others = [world.make_image(world.random_spec(np.random.default_rng([9, i, t]), "video"))
                   for t in range(TINY.num_frames)]
         results.clips += [_clip("table1", reproduce.ANIMATEDIFF_BASE, spec, video),
                           _clip("table1", reproduce.FRAME_BY_FRAME, spec, np.stack(others)),
-                          _clip("adapter", "scale 1", spec, synthetic.add_watermark(video)),
+                          _clip("adapter", "scale 1", spec, world.add_watermark(video)),
                           _clip("adapter", "scale 0", spec, video)]
         styled = dataclasses.replace(spec, style="personal")
-        results.clips += [_clip("table1", reproduce.ANIMATEDIFF_LORA, styled, synthetic.make_video(styled, *size)),
-                          _clip("reference", reproduce.ANIMATEDIFF_LORA, styled, synthetic.make_image(styled)[None])]
+        results.clips += [_clip("table1", reproduce.ANIMATEDIFF_LORA, styled, world.make_video(styled, *size)),
+                          _clip("reference", reproduce.ANIMATEDIFF_LORA, styled, world.make_image(styled)[None])]
     for spec in reproduce.camera_specs(TINY):
-        for move in synthetic.CAMERA_MOVES:
-            frames = synthetic.make_video(dataclasses.replace(spec, camera=move), *size)
+        for move in CAMERA_MOVES:
+            frames = world.make_video(dataclasses.replace(spec, camera=move), *size)
             results.clips.append(_clip("camera", move, spec, frames))
             results.clips.append(_clip("ceiling", move, spec, frames))
-        both = synthetic.camera_move(synthetic.make_video(dataclasses.replace(spec, camera="ZoomIn"), *size), "PanLeft")
+        both = augment.camera_move(world.make_video(dataclasses.replace(spec, camera="ZoomIn"), *size), "PanLeft")
         results.clips.append(_clip("combined", "ZoomIn + PanLeft", spec, both))
     return results
 

@@ -1,4 +1,5 @@
-"""Output writers: every format round-trips through read_frames, sidecars, atomic writes, bad paths."""
+"""Writers and readers: every format round-trips through read_frames, sidecars, atomic writes, bad paths,
+merged GIF/WebP frames repeated back, the training loader's selected-frame reader."""
 
 from __future__ import annotations
 
@@ -213,3 +214,46 @@ def test_gif_delays_are_rounded_with_a_floor(tmp_path):
         recorded = json.loads(sidecar_path(out).read_text())
         assert recorded["fps"] == pytest.approx(1000 / delay_ms)
         assert recorded.get("fps_requested", fps) == fps
+
+
+# ---- readers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["clip.gif", "clip.webp"])
+def test_merged_frames_are_repeated_back(tmp_path, name):
+    """Pillow's writers merge identical consecutive frames into one longer frame; the readers honour the
+    durations, so a clip with held frames (or a static one) reads back frame for frame."""
+    frames = blocky_frames()[[0, 0, 0, 1, 2, 2, 3, 4]]  # (8, H, W, 3): frame 0 held 3x, frame 2 held 2x
+    out = save_video(frames, tmp_path / name, fps=8)
+    clip, fps = video_io.read_clip(out)
+    assert clip.shape == frames.shape and fps == pytest.approx(video_io.effective_fps(out, 8), rel=0.05)
+    assert np.abs(clip.astype(int) - frames).mean() <= (0 if name.endswith(".gif") else 12)
+    if name.endswith(".gif"):  # (a WebP of one merged frame keeps no duration: its length is lost)
+        static = save_video(frames[[0] * 6], tmp_path / "static.gif", fps=8)
+        assert len(read_frames(static, fps=8)) == 6  # one merged frame: the period comes from fps
+
+
+def test_clip_rates_and_single_images(tmp_path):
+    from PIL import Image
+
+    frames = blocky_frames()
+    assert video_io.read_clip(save_video(frames, tmp_path / "c.mp4", fps=12))[1] == 12
+    assert video_io.read_clip(save_video(frames, tmp_path / "frames", fps=12))[1] is None  # PNG states no rate
+    Image.fromarray(frames[0]).save(tmp_path / "one.png")
+    clip, fps = video_io.read_clip(tmp_path / "one.png")
+    np.testing.assert_array_equal(clip, frames[:1])
+    assert fps is None
+    with pytest.raises(UserInputError, match="no such file or folder"):
+        video_io.read_clip(tmp_path / "missing.gif")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserInputError, match="cannot read '.txt' files"):
+        read_frames(tmp_path / "notes.txt")
+
+
+def test_selected_frames_for_training(tmp_path):
+    frames = blocky_frames()
+    out = save_video(frames, tmp_path / "c.mp4", fps=8)
+    assert video_io.count_frames(out) == NUM_FRAMES
+    picked = video_io.read_frames_at(out, np.array([0, 2, 2, 4]))  # sorted, may repeat
+    assert picked.shape == (4, H, W, 3)
+    np.testing.assert_array_equal(picked, read_frames(out)[[0, 2, 2, 4]])
+    with pytest.raises(ValueError, match="could be decoded"):
+        video_io.read_frames_at(out, np.array([0, NUM_FRAMES]))

@@ -24,13 +24,12 @@ from pathlib import Path
 
 from .components import package_data
 from .errors import UserInputError
+from .presets import CAMERA_MOVES
 
 MODELS = ("base", "personal")
 LORAS = ("personal-lora",)
 ADAPTERS = ("domain-adapter",)
 MOTION_MODULES = ("demo",)
-CAMERA_MOVES = ("ZoomIn", "ZoomOut", "PanLeft", "PanRight", "TiltUp", "TiltDown",
-                "RollingClockwise", "RollingAnticlockwise")  # = synthetic.CAMERA_MOVES (not imported: cv2 is slow)
 
 
 def demo_root() -> Path:

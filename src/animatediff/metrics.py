@@ -10,21 +10,27 @@ pixel taking the flow of the channel with the most local texture — grayscale a
 - :func:`dynamic_degree` — VBench ``dynamic_degree``: mean of the top 5 % flow magnitudes per pair, thresholds
   scaled to the resolution and frame rate; :func:`is_static` — VBench's static filter (top 2 %).
 - :func:`camera_motion` — similarity transform fitted to the flow (zoom, roll, pan, tilt + one of the eight
-  MotionLoRA labels, camera-centric, the same conventions as :func:`animatediff.demo.world.camera_move`).
-- Demo-world metrics: :func:`attribute_accuracy` (a text-alignment stand-in for CLIP), :func:`watermark_score`,
-  :func:`style_score`.
+  MotionLoRA labels, camera-centric, the same conventions as :func:`animatediff.training.augment.camera_move`).
+
+Scores that need a particular world (the demo's attribute accuracy, watermark and style scores) live with
+that world (``animatediff.demo.scores``) and reach ``animatediff eval`` as scorer plug-ins.
+Needs OpenCV (``pip install "animatediff[demo]"``); without it, importing this module raises one
+``UserInputError`` line saying so.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from .demo import world as synthetic
+from .errors import UserInputError
+
+try:
+    import cv2
+except ModuleNotFoundError:  # OpenCV is an optional dependency (the [demo] extra)
+    raise UserInputError('the video metrics need OpenCV: pip install "animatediff[demo]"') from None
 
 # ------------------------------------------------------------------------------------------ optical flow
 
@@ -201,8 +207,11 @@ def fit_similarity(flow: np.ndarray, weights: np.ndarray, iterations: int = 5,
     return math.log(max(math.hypot(a, b), 1e-6)), math.atan2(b, a), float(tx), float(ty)
 
 
-def camera_motion(frames: np.ndarray, flows: ClipFlows | None = None) -> dict:
-    """Camera motion over the clip, camera-centric (same conventions as ``synthetic.camera_move``):
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of (W, H)
+
+
+def camera_motion(frames: np.ndarray, flows: ClipFlows | None = None, ignore_box: Box | None = None) -> dict:
+    """Camera motion over the clip, camera-centric (same conventions as ``training.augment.camera_move``):
 
     - ``zoom``: summed log-scale change of the content (+ = ZoomIn),
     - ``pan``: summed horizontal camera motion as a fraction of the width (+ = PanRight: content moves left),
@@ -212,16 +221,19 @@ def camera_motion(frames: np.ndarray, flows: ClipFlows | None = None) -> dict:
       ``moves``: every move at or above 1 (two MotionLoRAs combined should show two).
 
     Pixels used: textured (Sobel magnitude of the gray frame > 20), forward-backward consistent, 4 px from the
-    border, outside the demo world's watermark box (an overlay fixed on screen that does not follow the camera);
-    independent object motion is down-weighted by the robust fit.
+    border, and, when given, outside ``ignore_box`` (x0, y0, x1, y1 in fractions of W, H; 2 px margin added)
+    — for an overlay fixed on screen that does not follow the camera, such as a watermark; independent
+    object motion is down-weighted by the robust fit.
     """
     frames = _check_frames(frames)
     flows = flows or clip_flows(frames)
     height, width = frames.shape[1:3]
     border = np.zeros((height, width), bool)
     border[4:-4, 4:-4] = True
-    x0, y0, x1, y1 = synthetic.WATERMARK_BOX
-    border[int(y0 * height) - 2:int(math.ceil(y1 * height)) + 2, int(x0 * width) - 2:int(math.ceil(x1 * width)) + 2] = False
+    if ignore_box is not None:
+        x0, y0, x1, y1 = ignore_box
+        border[max(0, int(y0 * height) - 2):int(math.ceil(y1 * height)) + 2,
+               max(0, int(x0 * width) - 2):int(math.ceil(x1 * width)) + 2] = False  # max: no wrap-around at 0
     totals = {"zoom": 0.0, "pan": 0.0, "tilt": 0.0, "roll_deg": 0.0}
     for t in range(len(frames) - 1):
         gray = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY)
@@ -239,141 +251,11 @@ def camera_motion(frames: np.ndarray, flows: ClipFlows | None = None) -> dict:
             "moves": moves}
 
 
-# ------------------------------------------------------------------------------------ demo-world metrics
-
-_SHAPE_WORDS = {"circle": "circle", "circles": "circle", "ball": "circle", "disc": "circle", "square": "square",
-                "squares": "square", "box": "square", "triangle": "triangle", "triangles": "triangle",
-                "star": "star", "stars": "star", "diamond": "diamond", "diamonds": "diamond",
-                "rhombus": "diamond"}
-
-
-def parse_prompt(prompt: str) -> dict:
-    """Objects ("colour shape" pairs) and the background colour named in a demo-world prompt."""
-    words = re.findall(r"[a-z]+", prompt.lower())
-    objects, background = [], None
-    for i, word in enumerate(words):
-        if word in synthetic.COLORS and i + 1 < len(words) and words[i + 1] in _SHAPE_WORDS:
-            objects.append((word, _SHAPE_WORDS[words[i + 1]]))
-    match = re.search(r"\bon an? (\w+)\b[\w\s]*?\bbackground", prompt.lower())
-    if match and match.group(1) in synthetic.COLORS:
-        background = match.group(1)
-    return {"objects": objects, "background": background}
-
-
-def color_classes(image: np.ndarray, min_saturation: float = 0.3, min_value: float = 0.35) -> np.ndarray:
-    """(H, W) int: index into ``synthetic.COLORS`` of the nearest hue, or -1 for grey / dark pixels."""
-    hsv = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)  # H in degrees
-    hues = np.array(list(synthetic.COLORS.values()), np.float32)
-    diff = np.abs(hsv[..., :1] - hues[None, None, :])
-    nearest = np.argmin(np.minimum(diff, 360.0 - diff), axis=-1)
-    chromatic = (hsv[..., 1] >= min_saturation) & (hsv[..., 2] >= min_value)
-    return np.where(chromatic, nearest, -1)
-
-
-def classify_shape(mask: np.ndarray) -> str:
-    """Shape name of one binary blob from simple geometry: solidity (star), extent = area / bbox area
-    (square ~1, circle ~0.79, triangle and diamond ~0.5), and the share of area in the top half of the bbox
-    (triangle with apex up ~0.25, diamond ~0.5)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    contour = max(contours, key=cv2.contourArea)
-    area = float(mask.sum())
-    hull_area = max(cv2.contourArea(cv2.convexHull(contour)), 1.0)
-    x, y, w, h = cv2.boundingRect(contour)
-    solidity = cv2.contourArea(contour) / hull_area
-    extent = area / float(w * h)
-    top_share = float(mask[y:y + h // 2, x:x + w].sum()) / max(area, 1.0) if h >= 2 else 0.5
-    if solidity < 0.8:
-        return "star"
-    if extent > 0.86:
-        return "square"
-    if extent > 0.66:
-        return "circle"
-    return "triangle" if top_share < 0.38 else "diamond"
-
-
-def _components(classes: np.ndarray, color_index: int, min_area: int, max_area: int) -> list[np.ndarray]:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((classes == color_index).astype(np.uint8), 8)
-    return [labels == i for i in range(1, count) if min_area <= stats[i, cv2.CC_STAT_AREA] <= max_area]
-
-
-def attribute_accuracy(frames: np.ndarray, prompt: str, num_samples: int = 4) -> dict:
-    """Fraction of the prompt's attributes found in the frames (a text-alignment stand-in for CLIP).
-
-    Attributes: each "colour shape" object gives two (its colour is present as a blob; a blob of that colour
-    has that shape), the background colour one (the most common hue along the frame border).  Scored on
-    ``num_samples`` evenly spaced frames and averaged.  ``frames`` may be one image (H, W, 3)."""
-    frames = np.asarray(frames)
-    frames = frames[None] if frames.ndim == 3 else frames
-    parsed = parse_prompt(prompt)
-    names = list(synthetic.COLORS)
-    height, width = frames.shape[1:3]
-    min_area, max_area = max(6, int(0.003 * height * width)), int(0.3 * height * width)
-    border = np.ones((height, width), bool)
-    bh, bw = max(1, height // 10), max(1, width // 10)
-    border[bh:-bh, bw:-bw] = False
-    per_attribute: dict[str, list[float]] = {}
-    for index in np.linspace(0, len(frames) - 1, min(num_samples, len(frames))).round().astype(int):
-        classes = color_classes(frames[index])
-        for color, shape in parsed["objects"]:
-            blobs = _components(classes, names.index(color), min_area, max_area)
-            per_attribute.setdefault(f"{color} (colour of {shape})", []).append(float(bool(blobs)))
-            found = any(classify_shape(b) == shape for b in blobs)
-            per_attribute.setdefault(f"{shape} (shape of {color})", []).append(float(found))
-        if parsed["background"] is not None:
-            bg = color_classes(frames[index], min_saturation=0.12, min_value=0.2)[border]
-            bg = bg[bg >= 0]
-            dominant = names[int(np.bincount(bg, minlength=len(names)).argmax())] if bg.size else None
-            per_attribute.setdefault(f"{parsed['background']} background", []).append(
-                float(dominant == parsed["background"]))
-    scores = {k: float(np.mean(v)) for k, v in per_attribute.items()}
-    accuracy = float(np.mean(list(scores.values()))) if scores else float("nan")
-    return {"accuracy": accuracy, "attributes": scores}
-
-
-def watermark_score(frames: np.ndarray) -> float:
-    """How visible the demo world's corner watermark is: per frame the estimated opacity
-    alpha = (mean L(logo) - mean L(ring)) / (255 - mean L(ring)) from the gray level L on the logo's pixels vs
-    the pixels next to them, divided by the opacity the generator uses and averaged over frames
-    (~1: as visible as in the training videos, ~0: absent)."""
-    frames = np.asarray(frames)
-    frames = frames[None] if frames.ndim == 3 else frames
-    height, width = frames.shape[1:3]
-    template = synthetic.watermark_mask(height, width)
-    logo = template > 0.5
-    near = cv2.dilate((template > 0.05).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2).astype(bool)
-    ring = near & (template <= 0.05)
-    values = []
-    for frame in frames:
-        gray = frame.astype(np.float32).mean(axis=-1)
-        inside, outside = float(gray[logo].mean()), float(gray[ring].mean())
-        values.append((inside - outside) / max(255.0 - outside, 1.0))
-    return float(np.mean(values) / synthetic.WATERMARK_ALPHA)
-
-
-def style_score(frames: np.ndarray) -> dict[str, float]:
-    """Personal-style score in [0, 1] = mean of ``pastel`` (share of pixels that are light and softly
-    saturated: V >= 0.78, 0.08 <= S <= 0.6) and ``outline`` (thick dark lines: pixels with V < 0.3 that survive
-    a morphological opening with a (w x w) square, w ~ 3 % of min(H, W), as a share of the frame, divided by
-    0.03 and capped at 1 — about what one outlined object covers).  Averaged over frames."""
-    frames = np.asarray(frames)
-    frames = frames[None] if frames.ndim == 3 else frames
-    size = max(2, int(round(0.03 * min(frames.shape[1:3]))))
-    kernel = np.ones((size, size), np.uint8)
-    pastel, outline = [], []
-    for frame in frames:
-        hsv = cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
-        sat, val = hsv[..., 1], hsv[..., 2]
-        pastel.append(float(np.mean((val >= 0.78) & (sat >= 0.08) & (sat <= 0.6))))
-        thick = cv2.morphologyEx((val < 0.3).astype(np.uint8), cv2.MORPH_OPEN, kernel)
-        outline.append(min(1.0, float(thick.mean()) / 0.03))
-    p, o = float(np.mean(pastel)), float(np.mean(outline))
-    return {"score": 0.5 * (p + o), "pastel": p, "outline": o}
-
-
 # ------------------------------------------------------------------------------------------------ all
 
-def video_metrics(frames: np.ndarray, prompt: str | None = None, fps: float = 8.0) -> dict:
-    """Every metric on one clip (flows computed once); JSON-able.  Single frames get only the image metrics."""
+def video_metrics(frames: np.ndarray, fps: float = 8.0, ignore_box: Box | None = None) -> dict:
+    """Every metric on one clip (flows computed once); JSON-able.  A single frame (H, W, 3) or a one-frame clip
+    gets only its size.  ``ignore_box``: a screen-fixed region :func:`camera_motion` leaves out."""
     frames = np.asarray(frames)
     frames = frames[None] if frames.ndim == 3 else frames
     result: dict = {"num_frames": int(len(frames)), "height": int(frames.shape[1]), "width": int(frames.shape[2])}
@@ -384,9 +266,5 @@ def video_metrics(frames: np.ndarray, prompt: str | None = None, fps: float = 8.
         result["temporal_flicker"] = temporal_flicker(frames)
         result["dynamic_degree"] = dynamic_degree(frames, fps, flows if native else None)
         result["static"] = is_static(frames, fps, flows if native else None)
-        result["camera"] = camera_motion(frames, flows)
-    result["watermark_score"] = watermark_score(frames)
-    result["style"] = style_score(frames)
-    if prompt:
-        result["attributes"] = attribute_accuracy(frames, prompt)
+        result["camera"] = camera_motion(frames, flows, ignore_box)
     return result

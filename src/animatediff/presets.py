@@ -48,6 +48,11 @@ class MotionModuleConfig:
         return n * self.layers_per_block + n * (self.layers_per_block + 1) + int(self.mid_block)
 
 
+# The eight camera moves of the official MotionLoRAs (paper §4.3), named for what the CAMERA does.
+CAMERA_MOVES = ("ZoomIn", "ZoomOut", "PanLeft", "PanRight", "TiltUp", "TiltDown",
+                "RollingClockwise", "RollingAnticlockwise")
+
+
 MOTION_PRESETS: dict[str, MotionModuleConfig] = {
     "v1": MotionModuleConfig(name="v1", position_encoding_length=24, unet_groupnorm_across_frames=True),
     "v2": MotionModuleConfig(name="v2", mid_block=True, position_encoding_length=32),

@@ -9,6 +9,10 @@ replaced at all: never a user's file or folder of another kind (see its docstrin
 Settings sidecar (``metadata``): ``clip.gif`` -> ``clip.gif.json`` next to it (the full file name plus
 ``.json``, so a GIF and an MP4 of one run do not collide); for a PNG folder, ``settings.json`` inside it.
 
+Readers (every video read of the package goes through here): :func:`read_clip` / :func:`read_frames` read a
+whole clip and repeat back the frames a GIF/WebP writer merged; :func:`count_frames` and
+:func:`read_frames_at` decode selected frames of a video file for the training loader.
+
 Known format limits: GIF holds 256 colours per frame and Pillow merges identical consecutive GIF frames
 into one longer frame; MP4 is lossy, 4:2:0, and odd widths/heights are padded by one edge pixel.
 """
@@ -23,6 +27,7 @@ import shutil
 import tempfile
 import uuid
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +100,10 @@ def _write_webp(frames: np.ndarray, tmp: Path, fps: float) -> None:
                    quality=95, method=4)
 
 
-def _write_mp4(frames: np.ndarray, tmp: Path, fps: float) -> None:
+MP4_CRF = 18  # H.264 constant rate factor: 18 is visually lossless; lower is closer to the frames and larger
+
+
+def _write_mp4(frames: np.ndarray, tmp: Path, fps: float, crf: int = MP4_CRF) -> None:
     import av
 
     f, h, w, _ = frames.shape
@@ -105,7 +113,7 @@ def _write_mp4(frames: np.ndarray, tmp: Path, fps: float) -> None:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
+        stream.options = {"crf": str(crf)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -255,16 +263,19 @@ def write_json_atomic(data: dict, path: Path) -> None:
 
 
 def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 8,
-               metadata: dict | None = None, overwrite: bool = False) -> Path:
+               metadata: dict | None = None, overwrite: bool = False, crf: int = MP4_CRF) -> Path:
     """Write one clip to ``path`` (format by extension, see the module docstring); returns the path.
 
     ``frames``: float ``(3, f, H, W)`` in [0, 1] or uint8 ``(f, H, W, 3)``. ``fps``: frames per second
     (fractional rates such as 24000/1001 are kept in MP4/WebP; GIF rounds to whole centiseconds, at most 50
     fps). ``metadata`` goes to the JSON sidecar with ``fps`` set to the rate actually written (and
     ``fps_requested`` when that differs); non-JSON values such as paths are written as strings. The target
-    is checked with ``check_output(path, overwrite)`` first: nothing of the user's is ever replaced."""
+    is checked with ``check_output(path, overwrite)`` first: nothing of the user's is ever replaced.
+    ``crf``: the H.264 quality of an MP4 (lower = closer to the frames, larger); other formats ignore it."""
     path = Path(path)
     writer = _WRITERS[video_format(path)]
+    if writer is _write_mp4 and crf != MP4_CRF:
+        writer = partial(writer, crf=crf)
     if not fps > 0:
         raise UserInputError("must be positive", field="fps", value=fps)
     frames = to_uint8_frames(frames)
@@ -293,23 +304,96 @@ def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: 
     return path
 
 
-def read_frames(path: str | os.PathLike) -> np.ndarray:
-    """Every frame of a GIF, WebP, MP4 or PNG folder as ``(num_frames, H, W, 3)`` uint8."""
+# ---- readers -----------------------------------------------------------------------------------------
+READABLE = (".gif", ".webp", ".mp4", ".png", "")  # "" = folder of PNG frames; ".png" = one image
+MERGED_CLIP_PERIOD_MS = 125.0  # a GIF/WebP whose every frame merged into one: assume 8 fps
+
+
+def read_clip(path: str | os.PathLike, fps: float | None = None) -> tuple[np.ndarray, float | None]:
+    """``(frames, fps)``: every frame of a GIF, WebP, MP4, PNG folder or single PNG image as uint8
+    ``(num_frames, H, W, 3)``, and the frame rate the file states (None when it states none: PNG, or a
+    GIF/WebP without frame durations).
+
+    GIF and WebP frame durations are honoured: Pillow's writer merges identical consecutive frames into one
+    longer frame, so a frame shown k times as long as one frame period is repeated k times (a static 16-frame
+    clip stays 16 frames). The period is 1000 / ``fps`` ms when given, else the shortest duration in the
+    file (else 125 ms, 8 fps, when the whole clip merged into one frame); the rate returned is 1000 / period.
+    Raises ``UserInputError`` for a missing path, an empty folder or another extension."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.png"))
         if not files:
             raise UserInputError(f"{path}: folder holds no PNG frames")
-        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+        return np.stack([_read_rgb(p) for p in files]), None
     if not path.exists():
-        raise UserInputError(f"{path}: no such file")
+        raise UserInputError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
+    if suffix == ".png":
+        return _read_rgb(path)[None], None
     if suffix == ".mp4":
         import av
 
         with av.open(str(path)) as container:
-            return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
+            return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]), rate
     if suffix in (".gif", ".webp"):
-        with Image.open(path) as image:
-            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
-    raise UserInputError(f"{path}: cannot read {suffix!r} videos; use .gif, .mp4, .webp or a PNG folder")
+        return _read_animated(path, fps)
+    raise UserInputError(f"{path}: cannot read {suffix!r} files; use .gif, .mp4, .webp, .png or a PNG folder")
+
+
+def read_frames(path: str | os.PathLike, fps: float | None = None) -> np.ndarray:
+    """Every frame of a GIF, WebP, MP4, PNG folder or PNG image as ``(num_frames, H, W, 3)`` uint8; merged
+    GIF/WebP frames are repeated back (see :func:`read_clip`)."""
+    return read_clip(path, fps)[0]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _read_animated(path: Path, fps: float | None) -> tuple[np.ndarray, float | None]:
+    frames, durations = [], []
+    with Image.open(path) as image:
+        for frame in ImageSequence.Iterator(image):
+            frames.append(np.asarray(frame.convert("RGB")))
+            durations.append(float(frame.info.get("duration") or 0))
+    if not all(d > 0 for d in durations):
+        return np.stack(frames), None
+    period = 1000.0 / fps if fps else (min(durations) if len(frames) > 1 else MERGED_CLIP_PERIOD_MS)
+    repeats = [max(1, int(round(d / period))) for d in durations]
+    clip = np.stack([f for f, k in zip(frames, repeats) for _ in range(k)])  # (num_frames, H, W, 3)
+    return clip, 1000.0 / period
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames in a video file (container header, else a decode pass); raises the decoder's error on an
+    unreadable file. A GIF counts its stored frames (merged ones once), as :func:`read_frames_at` indexes them."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for _ in container.decode(stream))
+
+
+def read_frames_at(path: str | os.PathLike, indices: np.ndarray) -> np.ndarray:
+    """Decode only the frames at ``indices`` (sorted, may repeat) of a video file -> uint8
+    ``(len(indices), H, W, 3)``; stops decoding after the last one (the training loader's reader). Raises
+    ``ValueError`` when the file ends before the last index."""
+    import av
+
+    wanted = set(int(i) for i in indices)
+    last = int(np.max(indices))
+    frames: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    if wanted - set(frames):
+        raise ValueError(f"{path}: only {len(frames)} of the frames up to {last} could be decoded")
+    return np.stack([frames[int(i)] for i in indices])

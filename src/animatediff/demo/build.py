@@ -2,7 +2,7 @@
 
 Stages, in order (each skipped when its output already exists in ``--work``, unless named in ``--force``):
 
-    data            synthetic.write_dataset: watermark-free images, watermarked videos, the personal style set
+    data            world.write_dataset: watermark-free images, watermarked videos, the personal style set
     vae             demo/vae.py: a small AutoencoderKL (MSE + L1 + small KL), scaling factor = 1 / latent std
     init            the base model before training: trained VAE + a seeded random CLIP text encoder (frozen
                     for good: the UNet learns to read its embeddings) + a random small UNet, as a diffusers folder
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..presets import CAMERA_MOVES
+
 logger = logging.getLogger("animatediff.demo.build")
 
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
-CAMERA_MOVES = ("ZoomIn", "ZoomOut", "PanLeft", "PanRight", "TiltUp", "TiltDown", "RollingClockwise",
-                "RollingAnticlockwise")
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
 NUM_IMAGES, NUM_VIDEOS, NUM_STYLE, CLIPS_PER_MOVE = 1500, 480, 48, 32
@@ -328,14 +328,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _read_training_images(data: Path, frames_per_video: int = 2, max_videos: int = 240) -> np.ndarray:
     """VAE data: all three domains (plain images, watermarked video frames, style images), uint8 (n, 64, 64, 3)."""
-    import cv2
+    from ..video_io import read_frames, read_frames_at
 
-    from ..training.data import decode_frames
-
-    images = [cv2.imread(str(p))[..., ::-1] for p in sorted((data / "images").glob("*.png"))[:800]]
-    images += [cv2.imread(str(p))[..., ::-1] for p in sorted((data / "style").glob("*.png"))]
+    images = [read_frames(p)[0] for p in sorted((data / "images").glob("*.png"))[:800]]
+    images += [read_frames(p)[0] for p in sorted((data / "style").glob("*.png"))]
     for path in sorted((data / "videos").glob("*.mp4"))[:max_videos]:
-        images += list(decode_frames(path, np.array([0, 15])[:frames_per_video]).numpy())
+        images += list(read_frames_at(path, np.array([0, 15])[:frames_per_video]))
     return np.ascontiguousarray(np.stack(images))
 
 

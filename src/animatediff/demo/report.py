@@ -28,8 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import reproduce, world as synthetic
+from . import reproduce
 from ..errors import UserInputError
+from ..presets import CAMERA_MOVES
+from ..training import augment
+from ..video_io import save_video
 from .reproduce import Results
 
 logger = logging.getLogger(__name__)
@@ -40,12 +43,6 @@ QUICK = dict(num_frames=8, steps=4, table_prompts=2, seeds=(11,), camera_prompts
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-def write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
-    """(num_frames, H, W, 3) uint8 -> an endlessly looping GIF."""
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-
 
 def write_examples(results: Results, folder: Path) -> list[tuple[str, str, str]]:
     """Up to six example GIFs: one prompt/seed under each Table 1 condition, a MotionLoRA and the combined
@@ -62,7 +59,7 @@ def write_examples(results: Results, folder: Path) -> list[tuple[str, str, str]]
         clip = clips[0]
         name = "example-" + "".join(ch if ch.isalnum() else "-" for ch in clip.condition.lower()).strip("-") + ".gif"
         name = "-".join(part for part in name.split("-") if part)
-        write_gif(folder / name, clip.frames, settings.fps)
+        save_video(clip.frames, folder / name, settings.fps)  # no settings sidecar next to a docs example
         examples.append((name, clip.condition, f"{clip.prompt} (seed {clip.seed})"))
     return examples
 
@@ -99,7 +96,7 @@ def write_plot(results: Results, path: Path) -> None:
         ax.legend(fontsize=8)
     ax.set_xlabel("domain adapter scale")
     ax.set_title("Fig. 6 analog: domain adapter 1 → 0")
-    moves = [r for r in reproduce.camera_table(results) if r["move"] in synthetic.CAMERA_MOVES]
+    moves = [r for r in reproduce.camera_table(results) if r["move"] in CAMERA_MOVES]
     ax = axes[1]
     x = np.arange(len(moves))
     ax.bar(x - 0.2, [0 if math.isnan(r["accuracy"]) else r["accuracy"] for r in moves], 0.4, label="MotionLoRA clips")
@@ -182,7 +179,7 @@ def _why(results: Results, target: reproduce.Target) -> str:
     if target.claim.startswith("MotionLoRA"):
         wrong = [f"{r['move']} → {', '.join(f'{k} ×{v}' for k, v in r['labels'].items())}"
                  for r in reproduce.camera_table(results)
-                 if r["move"] in synthetic.CAMERA_MOVES and r["clips"] and r["accuracy"] < 1.0]
+                 if r["move"] in CAMERA_MOVES and r["clips"] and r["accuracy"] < 1.0]
         return ("Misread moves (estimated labels): " + "; ".join(wrong) + ".") if wrong else "Every move read correctly."
     if target.claim.startswith("domain adapter"):
         rows6 = reproduce.adapter_table(results)
@@ -222,8 +219,8 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
            "AnimateDiff (Guo et al., ICLR 2024) claims, measured at small scale on the project's own demo model "
            "family (a small Stable-Diffusion-structured model trained on the synthetic shapes world of "
            "`animatediff.demo.world`). CLIP is not available here, so the metrics are the weight-free stand-ins of "
-           "`animatediff.metrics` (formulas: `../shared/reference/metrics.md`); numbers are not comparable with the "
-           "paper's, only the direction of each claim is. **This file is generated; do not edit it by hand.**", "",
+           "`animatediff.metrics` and `animatediff.demo.scores` (formulas: `../shared/reference/metrics.md`); "
+           "numbers are not comparable with the paper's, only the direction of each claim is. **This file is generated; do not edit it by hand.**", "",
            _table(["", ""], [[k, v] for k, v in header.items()]), ""]
 
     out += ["## Targets (issue 4)", "",
@@ -278,8 +275,9 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
             f"({s.camera_prompts} prompts with one static object × {len(s.camera_seeds)} seeds; prompts do not name the "
             "move). *Accuracy*: share of clips whose estimated camera label (`metrics.camera_motion`, a similarity "
             "transform fitted to the optical flow) is the LoRA's move. *Ceiling*: the estimator's accuracy on "
-            f"{s.ceiling_clips} ground-truth clips per move rendered by `synthetic.camera_move`. *Value*: the estimate on "
-            "the move's own axis (zoom: log-scale, pan/tilt: fraction of the frame, roll: degrees), ground truth beside it.",
+            f"{s.ceiling_clips} ground-truth clips per move rendered by `training.augment.camera_move`. *Value*: the "
+            "estimate on the move's own axis (zoom: log-scale, pan/tilt: fraction of the frame, roll: degrees), "
+            "ground truth beside it.",
             ""]
     cam = reproduce.camera_table(results)
     out += [_table(["MotionLoRA", "clips", "accuracy", "ceiling", "value (truth)", "estimated labels"],
@@ -292,7 +290,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
                 + ", ".join(f"{k} present in {_f(v, percent=True)}" for k, v in combined["present"].items())
                 + f"; both present in **{_f(combined['both'], percent=True)}** "
                 f"(labels: {', '.join(f'{k} ×{v}' for k, v in combined['labels'].items())}).", ""]
-    out += [f"- {k}: {v}" for k, v in results.skipped.items() if k in synthetic.CAMERA_MOVES or "+" in k] + [""]
+    out += [f"- {k}: {v}" for k, v in results.skipped.items() if k in CAMERA_MOVES or "+" in k] + [""]
     sweeps = reproduce.sweep_table(results)
     if sweeps:
         out += [f"**Efficiency sweeps (paper Fig. 7, right).** {s.sweep_move} MotionLoRAs trained here with the family's "
@@ -304,7 +302,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
                 _table(["rank", "reference videos", "clips", f"{s.sweep_move} accuracy",
                         f"{reproduce.move_axis(s.sweep_move)} (truth)", "estimated labels", "training s"],
                        [[str(r["rank"]), str(r["videos"]), str(r["clips"]), _f(r["accuracy"], percent=True),
-                         f"{_f(r['value'])} ({_f(synthetic.camera_move_truth(s.sweep_move)[reproduce.move_axis(s.sweep_move)])})",
+                         f"{_f(r['value'])} ({_f(augment.camera_move_truth(s.sweep_move)[reproduce.move_axis(s.sweep_move)])})",
                          ", ".join(f"{k} ×{v}" for k, v in r["labels"].items()), _f(r["train_seconds"], 0)]
                         for r in sweeps]), ""]
     else:

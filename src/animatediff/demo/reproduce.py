@@ -1,8 +1,9 @@
 """The paper's claims, reproduced at small scale on the bundled demo model family (issue 4, item 5).
 
 Every experiment generates clips with the project's own pipeline from a fixed set of prompts x seeds built
-from the demo world's vocabulary (``synthetic.py``) and scores them with the weight-free metrics
-(``metrics.py``); ``animatediff.demo.report`` turns the :class:`Results` into ``docs/reproduction.md``.
+from the demo world's vocabulary (``world.py``) and scores them with the weight-free metrics
+(``metrics.py``) and the demo scores (``scores.py``); ``animatediff.demo.report`` turns the :class:`Results`
+into ``docs/reproduction.md``.
 
 - **Table 1 analog** (paper §5.2): frame-by-frame base T2I (no motion module: every frame an independent
   sample), AnimateDiff on the base, on the full finetune (DreamBooth analog) and on base + personal LoRA:
@@ -31,11 +32,13 @@ import cv2
 import numpy as np
 
 from .. import metrics
-from . import world as synthetic
+from . import scores, world
 from ..api import Animator
 from ..weights.files import file_sha256
 from ..errors import UserInputError
 from ..generation.pipeline import GenerationConfig
+from ..presets import CAMERA_MOVES
+from ..training import augment
 from ..video_io import to_uint8_frames
 
 logger = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ def model_files(models_dir: str | Path | None = None) -> ModelFiles:
     if not motion.is_file():
         raise UserInputError(f"{option} {root}: no motion module (expected {motion})")
     present = lambda p: p if p.exists() else None  # noqa: E731
-    loras = {move: root / "motion_loras" / f"{move}.safetensors" for move in synthetic.CAMERA_MOVES}
+    loras = {move: root / "motion_loras" / f"{move}.safetensors" for move in CAMERA_MOVES}
     return ModelFiles(
         root=root, base=base, motion_module=motion,
         personal=root / "personal" if (root / "personal" / "model_index.json").is_file() else None,
@@ -128,7 +131,7 @@ class Settings:
     guidance_scale: float = 7.5
     scheduler: str | None = None  # None: the motion module's preset default (DDIM)
     fps: int = 8
-    prompt_seed: int = 2024  # prompts are drawn from synthetic.random_spec(default_rng([prompt_seed, i]))
+    prompt_seed: int = 2024  # prompts are drawn from world.random_spec(default_rng([prompt_seed, i]))
     table_prompts: int = 8  # Table 1 and Fig. 6: prompts x seeds
     seeds: tuple[int, ...] = (11, 12)
     camera_prompts: int = 3  # Fig. 7: per move, prompts x camera_seeds
@@ -168,15 +171,15 @@ def settings_for(files: ModelFiles, base: Settings | None = None) -> Settings:
     return dataclasses.replace(base, **known)
 
 
-def table_specs(settings: Settings) -> list[synthetic.SceneSpec]:
+def table_specs(settings: Settings) -> list[world.SceneSpec]:
     """Scenes behind the Table 1 / Fig. 6 prompts: 1-2 moving objects (alternating) on a textured background."""
-    return [synthetic.random_spec(np.random.default_rng([settings.prompt_seed, i]), "video", num_objects=1 + i % 2)
+    return [world.random_spec(np.random.default_rng([settings.prompt_seed, i]), "video", num_objects=1 + i % 2)
             for i in range(settings.table_prompts)]
 
 
-def camera_specs(settings: Settings, count: int | None = None) -> list[synthetic.SceneSpec]:
+def camera_specs(settings: Settings, count: int | None = None) -> list[world.SceneSpec]:
     """Scenes for the camera moves: one static object (so the only motion should be the camera's)."""
-    return [synthetic.random_spec(np.random.default_rng([settings.prompt_seed, 1000 + i]), "image", num_objects=1)
+    return [world.random_spec(np.random.default_rng([settings.prompt_seed, 1000 + i]), "image", num_objects=1)
             for i in range(count if count is not None else settings.camera_prompts)]
 
 
@@ -223,9 +226,11 @@ class Results:
 
 
 def clip_metrics(frames: np.ndarray, prompt: str, fps: float) -> dict:
-    """``metrics.video_metrics`` plus ``sharpness`` (mean variance of the Laplacian of the gray frames, an
+    """``metrics.video_metrics`` (the camera estimate leaving out the world's watermark), the demo scores
+    (``scores.demo_scores``) and ``sharpness`` (mean variance of the Laplacian of the gray frames, an
     image-quality proxy: blur and washed-out frames score low)."""
-    result = metrics.video_metrics(frames, prompt, fps)
+    result = metrics.video_metrics(frames, fps, ignore_box=world.WATERMARK_BOX)
+    result.update(scores.demo_scores(frames, prompt, fps))
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in np.asarray(frames).reshape(-1, *frames.shape[-3:])]
     result["sharpness"] = float(np.mean([cv2.Laplacian(g, cv2.CV_32F).var() for g in gray]))
     return result
@@ -317,9 +322,9 @@ def run(files: ModelFiles, settings: Settings | None = None,
     runner = _Runner(settings, results, planned)
     progress = on_progress or runner.log_progress
     specs = table_specs(settings)
-    prompts = [synthetic.caption(s) for s in specs]
+    prompts = [world.caption(s) for s in specs]
     grid = [(p, s) for p in prompts for s in settings.seeds]
-    cam_prompts = [synthetic.caption(s, motion=False) for s in camera_specs(settings)]
+    cam_prompts = [world.caption(s, motion=False) for s in camera_specs(settings)]
     cam_grid = [(p, s) for p in cam_prompts for s in settings.camera_seeds]
     adapter = files.domain_adapter
     table_adapter = (str(adapter), settings.table_adapter_scale) if adapter and settings.table_adapter_scale else None
@@ -402,25 +407,25 @@ def _scale_name(scale: float) -> str:
     return f"scale {scale:g}"
 
 
-def _ground_truth(results: Results, specs: list[synthetic.SceneSpec], settings: Settings) -> None:
+def _ground_truth(results: Results, specs: list[world.SceneSpec], settings: Settings) -> None:
     """Metrics of the training data itself: the prompts' own scenes rendered by the generator, the personal
     style images, and the estimator's ceiling on ground-truth camera moves."""
     size = (settings.num_frames, settings.height, settings.width)
     for spec in specs:
-        frames = synthetic.make_video(spec, *size)
-        results.clips.append(Clip("table1", TRAINING_DATA, synthetic.caption(spec), 0,
-                                  clip_metrics(frames, synthetic.caption(spec), settings.fps), frames=frames))
+        frames = world.make_video(spec, *size)
+        results.clips.append(Clip("table1", TRAINING_DATA, world.caption(spec), 0,
+                                  clip_metrics(frames, world.caption(spec), settings.fps), frames=frames))
     for i in range(len(specs)):
-        spec = synthetic.random_spec(np.random.default_rng([settings.prompt_seed, 2000 + i]), "style")
-        image = synthetic.make_image(spec, settings.height, settings.width)
+        spec = world.random_spec(np.random.default_rng([settings.prompt_seed, 2000 + i]), "style")
+        image = world.make_image(spec, settings.height, settings.width)
         results.clips.append(Clip("reference", "personal style images (training data)",
-                                  synthetic.caption(spec, motion=False), 0,
-                                  clip_metrics(image[None], synthetic.caption(spec, motion=False), settings.fps)))
+                                  world.caption(spec, motion=False), 0,
+                                  clip_metrics(image[None], world.caption(spec, motion=False), settings.fps)))
     for spec in camera_specs(settings, settings.ceiling_clips):
-        for move in synthetic.CAMERA_MOVES:
-            frames = synthetic.make_video(dataclasses.replace(spec, camera=move), *size)
-            results.clips.append(Clip("ceiling", move, synthetic.caption(spec, motion=False), 0,
-                                      {"camera": metrics.camera_motion(frames)}))
+        for move in CAMERA_MOVES:
+            frames = world.make_video(dataclasses.replace(spec, camera=move), *size)
+            results.clips.append(Clip("ceiling", move, world.caption(spec, motion=False), 0,
+                                      {"camera": metrics.camera_motion(frames, ignore_box=world.WATERMARK_BOX)}))
 
 
 def _adapter_sweep(runner: _Runner, animator: Animator, results: Results, adapter: Path | None,
@@ -442,7 +447,7 @@ def _camera(runner: _Runner, animator: Animator, results: Results, files: ModelF
     for prompt, seed in grid:
         runner.generate(animator, "camera", "no MotionLoRA", prompt, seed)
     alpha = settings.motion_lora_alpha
-    for move in synthetic.CAMERA_MOVES:
+    for move in CAMERA_MOVES:
         if move not in files.motion_loras:
             results.skipped[move] = f"not available: no motion_loras/{move}.safetensors in the family"
             continue
@@ -471,8 +476,8 @@ def _sweeps(runner: _Runner, animator: Animator, results: Results, files: ModelF
     points = sweep_points(settings)
     with tempfile.TemporaryDirectory(prefix="animatediff-sweeps-") as work:
         work = Path(work)
-        # Ordinary clips (object motion only); the training loop turns them into the move (synthetic.camera_move).
-        synthetic.write_dataset(work / "videos", max(n for _, n in points), "video", seed=settings.sweep_data_seed,
+        # Ordinary clips (object motion only); the training loop turns them into the move (training.augment.camera_move).
+        world.write_dataset(work / "videos", max(n for _, n in points), "video", seed=settings.sweep_data_seed,
                                 num_frames=16, height=settings.height, width=settings.width)
         rows = (work / "videos" / "captions.csv").read_text().splitlines()
         for rank, videos in points:
@@ -552,7 +557,7 @@ def camera_table(results: Results) -> list[dict]:
     """Fig. 7: per move the share of clips labelled with that move, the mean value on the move's axis, and the
     estimator's accuracy on ground-truth clips; plus the no-LoRA control (share labelled "static")."""
     rows = []
-    for move in ("no MotionLoRA",) + synthetic.CAMERA_MOVES:
+    for move in ("no MotionLoRA",) + CAMERA_MOVES:
         clips = results.select("camera", move)
         ceiling = results.select("ceiling", move)
         if not clips and not ceiling:
@@ -565,7 +570,7 @@ def camera_table(results: Results) -> list[dict]:
             "value": _mean(c.metrics["camera"][key] for c in clips) if clips and key else float("nan"),
             "labels": _counts(c.metrics["camera"]["label"] for c in clips),
             "ceiling": _mean(float(c.metrics["camera"]["label"] == move) for c in ceiling) if ceiling else float("nan"),
-            "truth": synthetic.camera_move_truth(move)[key] if key else float("nan"),
+            "truth": augment.camera_move_truth(move)[key] if key else float("nan"),
         })
     return rows
 
@@ -624,13 +629,13 @@ def targets(results: Results) -> list[Target]:
                           f"{ratio:.3f} x ({ad['warping_error']:.5f} vs {fbf['warping_error']:.5f})", ratio <= 1 / 3))
         out.append(Target("... while the clips still move", ">= 60 % of AnimateDiff clips dynamic",
                           f"{100 * ad['dynamic_share']:.0f} %", ad["dynamic_share"] >= 0.6))
-    moves = [r for r in camera_table(results) if r["move"] in synthetic.CAMERA_MOVES and r["clips"]]
+    moves = [r for r in camera_table(results) if r["move"] in CAMERA_MOVES and r["clips"]]
     if moves:
         accuracy = _mean(r["accuracy"] for r in moves)
         ceiling = _mean(r["ceiling"] for r in moves)
         out.append(Target("MotionLoRA learns camera moves", ">= 80 % camera-move accuracy over the eight moves",
                           f"{100 * accuracy:.0f} % over {len(moves)} moves (estimator ceiling {100 * ceiling:.0f} %)",
-                          accuracy >= 0.8 if len(moves) == len(synthetic.CAMERA_MOVES) else None))
+                          accuracy >= 0.8 if len(moves) == len(CAMERA_MOVES) else None))
     else:
         out.append(Target("MotionLoRA learns camera moves", ">= 80 % camera-move accuracy", "not available", None))
     scales = {r["scale"]: r for r in adapter_table(results)}

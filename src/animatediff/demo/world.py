@@ -10,8 +10,8 @@ Everything the bundled model family is trained and evaluated on comes from here 
   semi-transparent watermark in the bottom-right corner (:func:`add_watermark`, the WebVid artifact the
   domain adapter must absorb); images never do.  ``kind="style"`` specs render the *personal style*
   (pastel palette + thick dark outlines) used for the DreamBooth / LoRA analogs.
-- :func:`camera_move` applies the eight official MotionLoRA camera moves to any clip (paper §4.3:
-  "gradually reducing (zoom-in) or enlarging (zoom-out) the cropping area").
+- ``SceneSpec.camera`` applies one of the eight official MotionLoRA camera moves with the training
+  augmentation :func:`animatediff.training.augment.camera_move` (paper §4.3), before the watermark.
 - :func:`write_dataset` writes a folder in the WebVid layout read by the official loader
   (``{videoid}.mp4`` + a CSV with ``videoid,name,page_dir``).
 
@@ -30,6 +30,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from ..presets import CAMERA_MOVES
+from ..training.augment import camera_move
+from ..video_io import save_video
+
 logger = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
@@ -41,8 +45,6 @@ MOTIONS = ("static", "linear", "bouncing", "orbiting")
 SPEEDS = {"slow": 0.25, "medium": 0.45, "fast": 0.7}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 ORBIT_DIRECTIONS = ("clockwise", "anticlockwise")
-CAMERA_MOVES = ("ZoomIn", "ZoomOut", "PanLeft", "PanRight", "TiltUp", "TiltDown",
-                "RollingClockwise", "RollingAnticlockwise")
 CAMERA_PHRASES = {"ZoomIn": "camera zooms in", "ZoomOut": "camera zooms out", "PanLeft": "camera pans left",
                   "PanRight": "camera pans right", "TiltUp": "camera tilts up", "TiltDown": "camera tilts down",
                   "RollingClockwise": "camera rolls clockwise",
@@ -335,104 +337,6 @@ def add_watermark(frames: np.ndarray, alpha: float = WATERMARK_ALPHA) -> np.ndar
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-# ---------------------------------------------------------------------------------------- camera moves
-
-def camera_move(frames: np.ndarray, move: str, strength: float = 0.25) -> np.ndarray:
-    """Apply one of the eight MotionLoRA camera moves to a clip (f, H, W, C); returns the same shape and dtype.
-
-    Each output frame is a crop of the input frame, resized back to (H, W) (paper §4.3: "gradually reducing
-    (zoom-in) or enlarging (zoom-out) the cropping area"); the crop never leaves the frame, so there are no
-    borders.  Move names describe the CAMERA; the content moves the opposite way on screen:
-
-    ==================== ============================================ ==========================================
-    move                 crop window over time                        what the content does on screen
-    ==================== ============================================ ==========================================
-    ZoomIn               shrinks from the full frame to (1-s) of it   grows by 1/(1-s) (log-scale -ln(1-s))
-    ZoomOut              grows from (1-s) of the frame to full        shrinks by (1-s)
-    PanLeft / PanRight   size (1-s), slides s*W to the left / right   moves RIGHT / LEFT by s/(1-s) of the width
-    TiltUp / TiltDown    size (1-s), slides s*H up / down             moves DOWN / UP by s/(1-s) of the height
-    RollingClockwise     rotates clockwise on screen by 90*s degrees  rotates ANTICLOCKWISE by 90*s degrees
-    RollingAnticlockwise rotates anticlockwise by 90*s degrees        rotates CLOCKWISE by 90*s degrees
-    ==================== ============================================ ==========================================
-
-    (s = ``strength`` in (0, 1); image y points down.)  For rolls the window is also shrunk just enough to stay
-    inside the frame at every angle.  Zoom changes the log-scale linearly in time, the others change linearly.
-    :func:`camera_move_truth` gives the expected estimate.  Apply it before :func:`add_watermark`.
-    """
-    if move not in CAMERA_MOVES:
-        raise ValueError(f"unknown camera move {move!r}; expected one of {', '.join(CAMERA_MOVES)}")
-    if not 0.0 <= strength < 1.0:
-        raise ValueError(f"camera move strength must be in [0, 1), got {strength}")
-    frames = np.asarray(frames)
-    assert frames.ndim == 4, f"expected (f, H, W, C), got {frames.shape}"
-    num_frames, height, width = frames.shape[:3]
-    work = frames.astype(np.float32) if frames.dtype not in (np.uint8, np.float32) else frames
-    out = np.empty_like(work)
-    for t in range(num_frames):
-        tau = t / (num_frames - 1) if num_frames > 1 else 0.0
-        matrix = _crop_matrix(move, strength, tau, height, width)
-        # matrix maps output pixel -> input pixel (crop window), hence WARP_INVERSE_MAP.
-        out[t] = cv2.warpAffine(work[t], matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_REFLECT101).reshape(out[t].shape)
-    return out.astype(frames.dtype)
-
-
-def _crop_matrix(move: str, strength: float, tau: float, height: int, width: int) -> np.ndarray:
-    """2x3 matrix from output pixel coordinates to input coordinates at clip time tau in [0, 1]."""
-    scale, angle, shift_x, shift_y = 1.0, 0.0, 0.0, 0.0  # crop side fraction, window angle (cw), centre shift
-    s = strength
-    if move == "ZoomIn":
-        scale = (1 - s) ** tau
-    elif move == "ZoomOut":
-        scale = (1 - s) ** (1 - tau)
-    elif move in ("PanLeft", "PanRight", "TiltUp", "TiltDown"):
-        scale = 1 - s
-        offset = s * (0.5 - tau)  # window goes from +s/2 to -s/2 of the frame: the camera moves to smaller x/y
-        if move == "PanLeft":
-            shift_x = offset * width
-        elif move == "PanRight":
-            shift_x = -offset * width
-        elif move == "TiltUp":
-            shift_y = offset * height
-        else:
-            shift_y = -offset * height
-    else:
-        max_angle = math.radians(90.0 * s)
-        angle = max_angle * tau * (1 if move == "RollingClockwise" else -1)
-        scale = _roll_crop(max_angle, height, width)
-    cos, sin = math.cos(angle), math.sin(angle)
-    cx, cy = (width - 1) / 2, (height - 1) / 2
-    # input = centre + shift + scale * R(angle) @ (output - centre); in y-down pixels, R(+angle) turns the
-    # window clockwise on screen, so the content appears to turn anticlockwise.
-    a, b = scale * cos, -scale * sin
-    c, d = scale * sin, scale * cos
-    return np.array([[a, b, cx + shift_x - a * cx - b * cy],
-                     [c, d, cy + shift_y - c * cx - d * cy]], dtype=np.float64)
-
-
-def _roll_crop(max_angle: float, height: int, width: int) -> float:
-    """Largest crop fraction whose window, rotated by any angle in [0, max_angle], stays inside the frame."""
-    scale = 1.0
-    for angle in np.linspace(0, max_angle, 16):
-        cos, sin = abs(math.cos(angle)), abs(math.sin(angle))
-        scale = min(scale, width / (width * cos + height * sin), height / (width * sin + height * cos))
-    return scale
-
-
-def camera_move_truth(move: str, strength: float = 0.25) -> dict[str, float]:
-    """Ground truth of :func:`camera_move` over the whole clip, in the camera-centric convention of
-    :func:`animatediff.metrics.camera_motion`: zoom (log-scale, + in), pan (fraction of the width, + right),
-    tilt (fraction of the height, + up), roll_deg (degrees, + clockwise)."""
-    s = strength
-    truth = {"zoom": 0.0, "pan": 0.0, "tilt": 0.0, "roll_deg": 0.0}
-    key, sign = {"ZoomIn": ("zoom", 1), "ZoomOut": ("zoom", -1), "PanRight": ("pan", 1), "PanLeft": ("pan", -1),
-                 "TiltUp": ("tilt", 1), "TiltDown": ("tilt", -1), "RollingClockwise": ("roll_deg", 1),
-                 "RollingAnticlockwise": ("roll_deg", -1)}[move]
-    truth[key] = sign * {"zoom": -math.log(1 - s), "pan": s / (1 - s), "tilt": s / (1 - s),
-                         "roll_deg": 90.0 * s}[key]
-    return truth
-
-
 # ---------------------------------------------------------------------------------------------- dataset
 
 def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "style"] = "video",
@@ -452,10 +356,8 @@ def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "s
         videoid = f"{kind}_{seed}_{i:06d}"
         if kind == "video":
             frames = make_video(spec, num_frames, height, width)
-            if video_format == "gif":
-                _write_gif(folder / f"{videoid}.gif", frames, fps)
-            else:
-                _write_mp4(folder / f"{videoid}.mp4", frames, fps)
+            # near-lossless MP4 (crf 12); no settings sidecar next to each of the many small files
+            save_video(frames, folder / f"{videoid}.{video_format}", fps, crf=12)
             text = caption(spec)
         else:
             cv2.imwrite(str(folder / f"{videoid}.png"), make_image(spec, height, width)[..., ::-1])
@@ -470,29 +372,6 @@ def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "s
     return csv_path
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"  # needs even H, W; what every reader (decord, browsers) supports
-        stream.options = {"crf": "12"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
-    from PIL import Image
-
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
-
-
-__all__ = ["SHAPES", "COLORS", "PATTERNS", "MOTIONS", "SPEEDS", "CAMERA_MOVES", "ObjectSpec", "SceneSpec",
-           "random_spec", "caption", "make_image", "make_video", "camera_move", "camera_move_truth",
-           "add_watermark", "watermark_mask", "write_dataset", "color_rgb", "shape_polygon", "object_position",
-           "render_background"]
+__all__ = ["SHAPES", "COLORS", "PATTERNS", "MOTIONS", "SPEEDS", "ObjectSpec", "SceneSpec", "random_spec", "caption",
+           "make_image", "make_video", "add_watermark", "watermark_mask", "write_dataset", "color_rgb", "shape_polygon",
+           "object_position", "render_background"]

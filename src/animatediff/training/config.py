@@ -21,7 +21,7 @@ import yaml
 
 from ..components import package_data
 from ..errors import UserInputError
-from ..demo.world import CAMERA_MOVES
+from ..presets import CAMERA_MOVES
 
 MODES = ("image", "domain-adapter", "motion-module", "motion-lora")
 LOSS_WEIGHTINGS = ("none", "min-snr", "truncated-snr")

@@ -21,14 +21,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserInputError
-from ..demo.world import camera_move
+from ..video_io import count_frames, read_frames_at
+from .augment import camera_move, opencv
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ def list_image_folder(folder: str | Path) -> list[Item]:
     return items
 
 
-def count_frames(path: Path) -> int:
-    """Frames in a video (container header, else a decode pass); raises on an unreadable file."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for _ in container.decode(stream))
-
-
 def probe(items: list[Item], min_frames: int) -> list[Item]:
     """Keep the readable items with at least ``min_frames`` frames; count and log the others."""
     usable, skipped = [], []
@@ -126,23 +117,6 @@ def clip_indices(num_available: int, num_frames: int, stride: int, rng: random.R
     return np.linspace(start, start + clip_length - 1, num_frames, dtype=int)
 
 
-def decode_frames(path: Path, indices: np.ndarray) -> torch.Tensor:
-    """Decode the frames at ``indices`` (sorted, may repeat) -> uint8 ``(len(indices), height, width, 3)``."""
-    wanted = set(int(i) for i in indices)
-    last = int(indices.max())
-    frames: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
-    missing = wanted - set(frames)
-    if missing:
-        raise ValueError(f"{path}: only {len(frames)} of the frames up to {last} could be decoded")
-    return torch.from_numpy(np.stack([frames[int(i)] for i in indices]))
-
-
 def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``(f, h, w, 3)`` -> float ``(f, 3, size, size)`` in [-1, 1]: short side to ``size``, centre crop."""
     x = frames.permute(0, 3, 1, 2).float() / 255.0  # f h w c -> f c h w
@@ -170,6 +144,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.caption_dropout = config.caption_dropout
         self.camera_move = config.camera_move
         self.camera_move_strength = config.camera_move_strength
+        if self.camera_move is not None:
+            opencv()  # a missing OpenCV is one clear error now, not a failure inside a loader worker
 
     def __len__(self) -> int:
         return len(self.items)
@@ -179,7 +155,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if item.path.suffix.lower() in IMAGE_SUFFIXES:
             image = np.array(Image.open(item.path).convert("RGB"))
             return torch.from_numpy(image)[None].expand(self.num_frames, -1, -1, -1)
-        return decode_frames(item.path, clip_indices(item.num_frames, self.num_frames, self.stride, rng))
+        return torch.from_numpy(read_frames_at(item.path, clip_indices(item.num_frames, self.num_frames, self.stride, rng)))
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, sample_seed = key
@@ -196,7 +172,7 @@ class ClipDataset(torch.utils.data.Dataset):
             raise UserInputError("training data: no usable video among the files tried (all corrupt?)")
         if self.hflip and rng.random() < 0.5:
             pixels = pixels.flip(2)  # f h w c; before the camera move, which must keep its direction
-        if self.camera_move is not None:  # MotionLoRA augmentation (paper §4.3), synthetic.py's sign conventions
+        if self.camera_move is not None:  # MotionLoRA augmentation (paper §4.3), augment.py's sign conventions
             pixels = torch.from_numpy(camera_move(pixels.contiguous().numpy(), self.camera_move, self.camera_move_strength))
         caption = "" if rng.random() < self.caption_dropout else item.caption
         return {"pixel_values": resize_center_crop(pixels, self.size), "caption": caption}
