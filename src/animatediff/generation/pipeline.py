@@ -24,11 +24,11 @@ from ..components import BaseModel
 from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
 from ..motion_module import MotionModules
-from ..sampling.guidance import ClassifierFreeGuidance, Conditioning
+from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import check_preset, check_scheduler, make_scheduler, sampling_defaults
 from . import vae as vae_io
-from .conditioning import encode_conditioning, encode_prompt
+from .conditioning import encode_conditioning
 from .denoiser import UNetDenoiser
 
 logger = logging.getLogger(__name__)
@@ -169,10 +169,6 @@ class AnimationPipeline:
         motion = self.motion
         config.validate(self.vae_scale_factor, motion.max_frames if motion is not None else None,
                         motion.config.name if motion is not None else None)
-
-    def encode_prompt(self, prompt: str, clip_skip: int | None = None, zeros: bool = False) -> Conditioning:
-        """conditioning.encode_prompt on the UNet's device and dtype, batch 1."""
-        return encode_prompt(self.base, prompt, clip_skip, zeros, device=self.unet.device, dtype=self.unet.dtype)
 
     # ---- latents ---------------------------------------------------------------------------------
     def latent_shape(self, config: GenerationConfig) -> tuple[int, ...]:
