@@ -1,4 +1,6 @@
-"""Text-to-video on tiny real SD1.5 / SDXL components: shapes, seeds, CFG batching, baselines, errors."""
+"""Text-to-video on tiny real SD1.5 / SDXL components: shapes, seeds, CFG batching, baselines, validation.
+
+Text encoding, the UNet adapter and the VAE have their own files: test_conditioning, test_denoiser, test_vae."""
 
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def test_explicit_latents_are_honoured(pipe):
     latents = torch.randn((1, 4, FRAMES, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(3))
     from_latents = pipe.generate(config(seed=99), latents=latents).frames
     torch.testing.assert_close(from_latents, pipe.generate(config(seed=3)).frames)  # DDIM eta 0: noise only from latents
-    with pytest.raises(UserInputError, match="--latents"):
+    with pytest.raises(UserInputError, match=r"^latents \(1, 4, 2, 4, 4\): does not match"):
         pipe.generate(config(), latents=latents[:, :, :2])
 
 
@@ -101,16 +103,6 @@ def test_cfg_is_one_batched_unet_call(pipe, base):
         assert batches == [FRAMES] * 2  # no guidance: conditional branch only
     finally:
         handle.remove()
-
-
-def test_sd15_text_is_clip_last_hidden_state_padded_to_77(pipe, base):
-    ids = base.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        expected = base.text_encoder(ids).last_hidden_state
-    cond = pipe.encode_prompt("a cat")
-    assert set(cond) == {"encoder_hidden_states"}
-    torch.testing.assert_close(cond["encoder_hidden_states"], expected)
-    assert pipe.encode_prompt("a cat", clip_skip=1)["encoder_hidden_states"].shape == expected.shape
 
 
 def test_frame_by_frame_baseline_equals_image_model_per_frame(base):
@@ -140,24 +132,6 @@ def test_v_prediction_base_samples_with_a_v_prediction_scheduler(base, motion, m
     assert not torch.allclose(v, eps)
 
 
-def test_chunked_decode_equals_one_shot(pipe):
-    latents = torch.randn(2, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
-    one_shot = pipe.decode_latents(latents, chunk_size=10)
-    torch.testing.assert_close(pipe.decode_latents(latents, chunk_size=3), one_shot, atol=1e-5, rtol=1e-5)
-    assert one_shot.shape == (2, 3, 5, 32, 32)
-
-
-def test_fp16_vae_with_force_upcast_decodes_in_fp32_and_is_restored():
-    base = tiny_base_model()
-    pipeline = AnimationPipeline(base, motion=None)
-    latents = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    reference = pipeline.decode_latents(latents)
-    base.vae.to(torch.float16)
-    base.vae.register_to_config(force_upcast=True)
-    torch.testing.assert_close(pipeline.decode_latents(latents), reference, atol=2e-3, rtol=0)  # only weight rounding
-    assert base.vae.dtype == torch.float16
-
-
 def test_bf16_models_generate(motion):
     base = tiny_base_model()
     for module in (base.unet, base.vae, base.text_encoder):
@@ -172,21 +146,15 @@ def test_bf16_models_generate(motion):
 def test_sdxl_tiny_base_runs():
     base = tiny_base_model(sdxl=True)
     motion = randomize_(MotionModules(tiny_motion_config("sdxl-beta")), std=0.1).eval()
-    pipeline = AnimationPipeline(base, motion)
-    cond = pipeline.encode_prompt("a cat")
-    assert cond["encoder_hidden_states"].shape == (1, 77, 32 + 32)  # both encoders' penultimate states
-    assert cond["text_embeds"].shape == (1, 32)  # pooled, projected, from text_encoder_2
     batches, handle = count_unet_batches(base)
     try:
-        result = pipeline.generate(config(negative_prompt="", steps=1))
+        with AnimationPipeline(base, motion) as pipeline:
+            result = pipeline.generate(config(negative_prompt="", steps=1))
     finally:
         handle.remove()
     assert result.frames.shape == (1, 3, FRAMES, SIZE, SIZE)
     assert result.config.scheduler_preset == "sdxl-beta" and result.config.scheduler == "euler"
     assert batches == [2 * FRAMES]
-    assert pipeline._size_conditioning(result.config).tolist() == [[SIZE, SIZE, 0, 0, SIZE, SIZE]]
-    _, uncond = pipeline._conditioning(result.config)
-    assert (uncond["encoder_hidden_states"] == 0).all() and (uncond["text_embeds"] == 0).all()  # "" -> zeros
 
 
 def test_preset_defaults_fill_unset_options(base):
@@ -207,30 +175,61 @@ def test_module_generate_detaches_hooks(base, motion):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(width=30), r"--width 30: must be a positive multiple of 8"),
-        (dict(height=0), r"--height 0"),
-        (dict(num_frames=0), r"--frames 0: must be at least 1"),
-        (dict(steps=0), r"--steps 0"),
-        (dict(decode_chunk_size=0), r"--decode-chunk-size 0"),
-        (dict(scheduler="heun"), r"--scheduler heun"),
-        (dict(scheduler_preset="sd3"), r"--scheduler-preset sd3"),
+        (dict(width=30), r"^width 30: must be a positive multiple of 8$"),
+        (dict(height=0), r"^height 0: must be a positive multiple of 8$"),
+        (dict(width="64"), r"^width 64: must be a whole number$"),
+        (dict(num_frames=0), r"^num_frames 0: must be at least 1$"),
+        (dict(steps=0), r"^steps 0: must be at least 1$"),
+        (dict(guidance_scale=-1.0), r"^guidance_scale -1.0: must not be negative$"),
+        (dict(decode_chunk_size=0), r"^decode_chunk_size 0: must be at least 1$"),
+        (dict(num_videos=0), r"^num_videos 0: must be at least 1$"),
+        (dict(eta=-0.5), r"^eta -0.5: must not be negative$"),
+        (dict(clip_skip=-1), r"^clip_skip -1: must not be negative$"),
+        (dict(seed=-1), r"^seed -1: must be in 0 .. 2\*\*64 - 1$"),
+        (dict(seed=2**64), r"^seed 18446744073709551616: must be in 0"),
+        (dict(scheduler="heun"), r"^scheduler heun: unknown; choose one of ddim"),
+        (dict(scheduler_preset="sd3"), r"^scheduler_preset sd3: unknown; choose one of animatediff"),
     ],
 )
-def test_invalid_options_name_the_option(pipe, overrides, message):
-    with pytest.raises(UserInputError, match=message):
+def test_invalid_settings_name_the_config_field(pipe, overrides, message):
+    with pytest.raises(UserInputError, match=message) as error:
         pipe.generate(config(**overrides))
+    (field, value), = overrides.items()
+    assert (error.value.field, error.value.value) == (field, value)
+    assert "--" not in str(error.value)  # library messages name fields, the CLI maps them to its flags
+
+
+def test_largest_seed_is_accepted(pipe):
+    assert pipe.generate(config(seed=2**64 - 1)).seed == 2**64 - 1
+
+
+def test_settings_are_validated_once_per_generation(pipe, monkeypatch):
+    calls = []
+    real = GenerationConfig.validate
+    monkeypatch.setattr(GenerationConfig, "validate", lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    pipe.generate(config(steps=None, guidance_scale=None))
+    assert len(calls) == 1 and calls[0].steps == 25 and calls[0].guidance_scale == 7.5  # after resolved()
+
+
+def test_validate_takes_the_model_facts_as_arguments():
+    cfg = config(num_frames=40, width=36)
+    cfg.validate()  # no model facts: nothing model-dependent to refuse
+    with pytest.raises(UserInputError, match=r"^width 36: must be a positive multiple of 8$"):
+        cfg.validate(vae_scale_factor=8)
+    with pytest.raises(UserInputError, match=r"^num_frames 40: exceeds the motion module's position-encoding length 32 "
+                                             r"\(use max_frames to extend it\)$"):
+        cfg.validate(max_frames=32)
 
 
 def test_too_many_frames_names_position_encoding_length(base):
     short = MotionModules(tiny_motion_config("v2", position_encoding_length=4))
-    pipeline = AnimationPipeline(base, short)
-    try:
-        with pytest.raises(UserInputError, match=r"--frames 5: exceeds the v2 motion module's position-encoding length 4 \(use --max-frames"):
+    with AnimationPipeline(base, short) as pipeline:
+        with pytest.raises(UserInputError, match=r"^num_frames 5: exceeds the v2 motion module's position-encoding length 4 "
+                                                 r"\(use max_frames to extend it\)$"):
             pipeline.generate(config(num_frames=5))
-    finally:
-        pipeline.close()
 
 
 def test_motion_module_for_another_unet_is_refused(base):
-    with pytest.raises(UserInputError, match="--motion-module"):
+    with pytest.raises(UserInputError, match="^motion_module: motion module .* does not fit this UNet") as error:
         AnimationPipeline(base, MotionModules(dataclasses.replace(tiny_motion_config("sdxl-beta"), block_out_channels=(32, 64, 64))))
+    assert error.value.field == "motion_module"

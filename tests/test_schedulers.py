@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
 from animatediff.errors import UserInputError
 from animatediff.sampling.guidance import ClassifierFreeGuidance
 from animatediff.sampling.loop import sample
-from animatediff.sampling.schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler
+from animatediff.sampling.schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler, sampling_defaults
 
 
 def test_official_ddim_timesteps():
@@ -52,10 +52,14 @@ def test_every_preset_has_defaults_that_build():
 
 def test_overrides_and_bad_names():
     assert make_scheduler("euler", use_karras_sigmas=True).config.use_karras_sigmas
-    with pytest.raises(UserInputError, match="--scheduler heun"):
+    with pytest.raises(UserInputError, match="^scheduler heun: unknown; choose one of ddim") as error:
         make_scheduler("heun")
-    with pytest.raises(UserInputError, match="--scheduler-preset sd3"):
+    assert (error.value.field, error.value.value) == ("scheduler", "heun")
+    with pytest.raises(UserInputError, match="^scheduler_preset sd3: unknown") as error:
         make_scheduler("ddim", preset="sd3")
+    assert error.value.field == "scheduler_preset"
+    with pytest.raises(UserInputError, match="^scheduler_preset sd3"):
+        sampling_defaults("sd3")
     with pytest.raises(UserInputError, match="no_such_key"):
         make_scheduler("ddim", no_such_key=1)
 

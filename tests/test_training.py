@@ -318,3 +318,19 @@ def test_gradient_checkpointing_gives_the_same_training(data, tmp_path):
     checkpointed = train(make_config("motion-module", data, tmp_path / "b", gradient_checkpointing=True), base=tiny_base_model())
     assert plain.losses[1] == checkpointed.losses[1]
     assert abs(plain.losses[2] - checkpointed.losses[2]) < 1e-5
+
+
+def test_validation_leaves_the_base_unet_hooks_as_it_found_them(data, tmp_path):
+    """Each validation samples through a pipeline over the training UNet; it must not add hooks that outlive it."""
+    base = tiny_base_model()
+    config = make_config("motion-module", data, tmp_path, max_train_steps=3, checkpointing_steps=100, validation_steps=1,
+                         validation_inference_steps=1, validation_size=32, validation_num_frames=2,
+                         validation_prompts=["a red circle"], validation_seeds=[1])
+    counts = []  # forward hooks on the base UNet's modules at each step, before that step's validation
+
+    def count_hooks(_step, _loss):
+        counts.append(sum(len(m._forward_hooks) for m in base.unet.modules()))
+
+    train(config, base=base, on_step=count_hooks)
+    assert counts[0] > 0 and counts == [counts[0]] * 3, counts  # the training UNet's own hooks, no more
+    assert len(list((tmp_path / "samples").glob("step-*/0-seed1.gif"))) == 3

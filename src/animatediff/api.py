@@ -102,7 +102,7 @@ class Animator:
             if wanted.adapter is not None:
                 self._handles.append(apply_domain_adapter(self.base.unet, *wanted.adapter))
             if wanted.motion_loras and self.motion is None:
-                raise UserInputError("--motion-lora needs a motion module (--motion-module)")
+                raise UserInputError("needs a motion module (motion_module)", field="motion_loras")
             for path, alpha in wanted.motion_loras:
                 self._handles.append(apply_motion_lora(self.motion, path, alpha))
         except Exception:

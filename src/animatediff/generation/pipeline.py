@@ -3,10 +3,11 @@
     text --CLIP--> conditioning ----------------------------\\
     seed --randn--> latents (b, 4, f, h, w) --sample(CFG(inflated UNet))--> latents --VAE per frame--> frames
 
-The pieces live elsewhere: inflation.py (UNet + motion modules), guidance.py (CFG), sampling.py (the
-loop), schedulers.py (noise schedules). Numerics follow the official ``pipeline_animation.py`` (§6 of
-the reference notes): one ``randn`` call for all latents, DDIM eta 0, ``latents / scaling_factor``,
-``(x / 2 + 0.5).clamp(0, 1)``.
+This file composes the pieces: conditioning.py (text -> conditioning), denoiser.py (how to call the UNet),
+vae.py (latents <-> frames), and, below generation/, inflation.py (UNet + motion modules), guidance.py (CFG),
+loop.py (the sampling loop), schedulers.py (noise schedules). Numerics follow the official
+``pipeline_animation.py`` (§6 of the reference notes): one ``randn`` call for all latents, DDIM eta 0,
+``latents / scaling_factor``, ``(x / 2 + 0.5).clamp(0, 1)``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import torch
 
 from ..components import BaseModel
 from ..errors import UserInputError
-from ..sampling.guidance import ClassifierFreeGuidance, Conditioning
 from ..inflation import AnimateDiffUNet
 from ..motion_module import MotionModules
+from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.loop import Progress, sample
-from ..sampling.schedulers import SAMPLING_DEFAULTS, SCHEDULER_PRESETS, SCHEDULERS, make_scheduler
+from ..sampling.schedulers import check_preset, check_scheduler, make_scheduler, sampling_defaults
+from . import vae as vae_io
+from .conditioning import encode_conditioning
+from .denoiser import UNetDenoiser
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +61,7 @@ class GenerationConfig:
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
         preset = self.scheduler_preset or default_preset
-        if preset not in SAMPLING_DEFAULTS:
-            raise UserInputError(f"--scheduler-preset {preset}: unknown; choose one of {', '.join(SCHEDULER_PRESETS)}")
-        defaults = SAMPLING_DEFAULTS[preset]
+        defaults = sampling_defaults(preset)  # UserInputError(field="scheduler_preset") for an unknown one
         return dataclasses.replace(
             self,
             scheduler_preset=preset,
@@ -68,6 +70,49 @@ class GenerationConfig:
             guidance_scale=self.guidance_scale if self.guidance_scale is not None else defaults.guidance_scale,
             seed=self.seed if self.seed is not None else random.SystemRandom().randrange(2**32),
         )
+
+    def validate(self, vae_scale_factor: int | None = None, max_frames: int | None = None,
+                 motion_name: str | None = None) -> None:
+        """Raise ``UserInputError(detail, field=..., value=...)`` for the first value that cannot be generated.
+
+        The one place generation settings are checked. Fields still None (before ``resolved()``) are skipped.
+        What depends on the model comes as arguments: ``vae_scale_factor`` (width and height must be multiples
+        of it, 8 for SD/SDXL) and ``max_frames``, the motion module's position-encoding length (``motion_name``
+        for the message)."""
+
+        def require(name: str, ok: bool, detail: str) -> None:
+            if not ok:
+                raise UserInputError(detail, field=name, value=getattr(self, name))
+
+        def at_least(name: str, low: int) -> None:
+            value = getattr(self, name)
+            require(name, value is None or value >= low, "must be at least 1" if low else "must not be negative")
+
+        whole = ("num_frames", "width", "height", "steps", "decode_chunk_size", "num_videos", "clip_skip", "seed")
+        optional = ("steps", "guidance_scale", "seed", "clip_skip")  # None until resolved(); clip_skip None = off
+        for name in whole + ("guidance_scale", "eta"):
+            value = getattr(self, name)
+            kinds, what = (int, "a whole number") if name in whole else ((int, float), "a number")
+            require(name, (value is None and name in optional) or (isinstance(value, kinds) and not isinstance(value, bool)),
+                    f"must be {what}")
+        factor = vae_scale_factor or 1
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            require(name, value >= factor and value % factor == 0, f"must be a positive multiple of {factor}")
+        at_least("num_frames", 1)
+        if max_frames is not None:
+            owner = f"the {motion_name} motion module's" if motion_name else "the motion module's"
+            require("num_frames", self.num_frames <= max_frames,
+                    f"exceeds {owner} position-encoding length {max_frames} (use max_frames to extend it)")
+        for name in ("steps", "decode_chunk_size", "num_videos"):
+            at_least(name, 1)
+        for name in ("guidance_scale", "eta", "clip_skip"):
+            at_least(name, 0)
+        require("seed", self.seed is None or 0 <= self.seed < 2**64, "must be in 0 .. 2**64 - 1")  # torch.Generator's range
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
+        if self.scheduler_preset is not None:
+            check_preset(self.scheduler_preset)
 
 
 @dataclass
@@ -88,7 +133,8 @@ class GenerationResult:
 class AnimationPipeline:
     """A base model (SD1.5 or SDXL) plus, optionally, a motion module set.
 
-    ``motion=None`` gives the frame-by-frame image baseline: every frame is an independent image sample."""
+    ``motion=None`` gives the frame-by-frame image baseline: every frame is an independent image sample.
+    ``denoiser.residual_providers`` is where ControlNet-like models plug in (denoiser.py)."""
 
     def __init__(self, base: BaseModel, motion: MotionModules | None = None):
         self.base = base
@@ -96,7 +142,8 @@ class AnimationPipeline:
         try:
             self.unet = AnimateDiffUNet(base.unet, motion)
         except ValueError as e:  # motion module built for another UNet layout
-            raise UserInputError(f"--motion-module: {e}") from None
+            raise UserInputError(str(e), field="motion_module") from None
+        self.denoiser = UNetDenoiser(self.unet)
         self.vae_scale_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)  # 8 for SD/SDXL
 
     def close(self) -> None:
@@ -117,102 +164,11 @@ class AnimationPipeline:
             return self.motion.config.scheduler_preset
         return "sdxl-beta" if self.base.is_sdxl else "animatediff"
 
-    # ---- validation ------------------------------------------------------------------------------
     def validate(self, config: GenerationConfig) -> None:
-        """Raise ``UserInputError`` naming the option for any value this model cannot generate."""
-        factor = self.vae_scale_factor
-        for option, value in (("--width", config.width), ("--height", config.height)):
-            if value < factor or value % factor:
-                raise UserInputError(f"{option} {value}: must be a positive multiple of {factor}")
-        if config.num_frames < 1:
-            raise UserInputError(f"--frames {config.num_frames}: must be at least 1")
-        max_frames = self.motion.max_frames if self.motion is not None else None
-        if max_frames is not None and config.num_frames > max_frames:
-            raise UserInputError(
-                f"--frames {config.num_frames}: exceeds the {self.motion.config.name} motion module's "
-                f"position-encoding length {max_frames} (use --max-frames to extend)"
-            )
-        if config.steps is not None and config.steps < 1:
-            raise UserInputError(f"--steps {config.steps}: must be at least 1")
-        if config.guidance_scale is not None and config.guidance_scale < 0:
-            raise UserInputError(f"--guidance-scale {config.guidance_scale}: must not be negative")
-        if config.decode_chunk_size < 1:
-            raise UserInputError(f"--decode-chunk-size {config.decode_chunk_size}: must be at least 1")
-        if config.num_videos < 1:
-            raise UserInputError(f"--num-videos {config.num_videos}: must be at least 1")
-        if config.eta < 0:
-            raise UserInputError(f"--eta {config.eta}: must not be negative")
-        if config.clip_skip is not None and config.clip_skip < 0:
-            raise UserInputError(f"--clip-skip {config.clip_skip}: must not be negative")
-        if config.scheduler is not None and config.scheduler not in SCHEDULERS:
-            raise UserInputError(f"--scheduler {config.scheduler}: unknown; choose one of {', '.join(SCHEDULERS)}")
-        if config.scheduler_preset is not None and config.scheduler_preset not in SCHEDULER_PRESETS:
-            raise UserInputError(
-                f"--scheduler-preset {config.scheduler_preset}: unknown; choose one of {', '.join(SCHEDULER_PRESETS)}"
-            )
-
-    # ---- text ------------------------------------------------------------------------------------
-    def _tokenize(self, tokenizer, prompt: str, device: torch.device) -> torch.Tensor:
-        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        full_length = len(tokenizer(prompt).input_ids)
-        if full_length > tokenizer.model_max_length:
-            logger.warning("prompt is %d tokens; CLIP reads only the first %d", full_length, tokenizer.model_max_length)
-        return ids.to(device)  # (1, 77)
-
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str, clip_skip: int | None = None, zeros: bool = False) -> Conditioning:
-        """The UNet's text conditioning for one prompt, batch 1.
-
-        SD1.5: CLIP's last hidden state (or an earlier layer, ``clip_skip``), ``(1, 77, 768)``.
-        SDXL: both encoders' penultimate hidden states side by side ``(1, 77, 768 + 1280)`` and the pooled
-        ``text_embeds`` of text_encoder_2. ``zeros`` returns all-zero tensors of those shapes (SDXL's
-        ``force_zeros_for_empty_prompt`` for an empty negative prompt)."""
-        device, dtype = self.unet.device, self.unet.dtype
-        if not self.base.is_sdxl:
-            encoder = self.base.text_encoder
-            out = encoder(self._tokenize(self.base.tokenizer, prompt, encoder.device), output_hidden_states=bool(clip_skip))
-            hidden = out.last_hidden_state
-            if clip_skip:  # an earlier layer still goes through the final LayerNorm, as in diffusers/A1111
-                final_norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 5 flattened it
-                hidden = final_norm(out.hidden_states[-(clip_skip + 1)])
-            cond = {"encoder_hidden_states": hidden}
-        else:
-            hiddens, pooled = [], None
-            for tokenizer, encoder in ((self.base.tokenizer, self.base.text_encoder), (self.base.tokenizer_2, self.base.text_encoder_2)):
-                out = encoder(self._tokenize(tokenizer, prompt, encoder.device), output_hidden_states=True)
-                hiddens.append(out.hidden_states[-(2 + (clip_skip or 0))])  # penultimate layer, no final norm
-                pooled = out[0]  # text_encoder_2 (with projection): text_embeds (1, proj_dim)
-            cond = {"encoder_hidden_states": torch.cat(hiddens, dim=-1), "text_embeds": pooled}
-        cond = {k: v.to(device=device, dtype=dtype) for k, v in cond.items()}
-        return {k: torch.zeros_like(v) for k, v in cond.items()} if zeros else cond
-
-    def _size_conditioning(self, config: GenerationConfig) -> torch.Tensor:
-        # SDXL micro-conditioning: original size, crop top-left, target size -> (1, 6)
-        h, w = config.height, config.width
-        return torch.tensor([[h, w, 0, 0, h, w]], device=self.unet.device, dtype=self.unet.dtype)
-
-    def _conditioning(self, config: GenerationConfig) -> tuple[Conditioning, Conditioning | None]:
-        cond = self.encode_prompt(config.prompt, config.clip_skip)
-        uncond = None
-        if config.guidance_scale > 1:
-            # Why zeros: diffusers' SDXL pipelines (and the official sdxl branch) use zero embeddings, not
-            # the encoded "", for an empty negative prompt (force_zeros_for_empty_prompt).
-            zeros = self.base.is_sdxl and not config.negative_prompt
-            uncond = self.encode_prompt(config.negative_prompt, config.clip_skip, zeros=zeros)
-        if self.base.is_sdxl:
-            time_ids = self._size_conditioning(config)
-            cond["time_ids"] = time_ids
-            if uncond is not None:
-                uncond["time_ids"] = time_ids
-        repeat = lambda c: {k: v.repeat(config.num_videos, *[1] * (v.ndim - 1)) for k, v in c.items()}  # noqa: E731
-        return repeat(cond), (repeat(uncond) if uncond is not None else None)
-
-    def _model(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Conditional model for guidance.py: fp32 latents in, the UNet in its own dtype, fp32 eps out."""
-        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if "time_ids" in cond else None
-        eps = self.unet(latents.to(self.unet.dtype), t, cond["encoder_hidden_states"], added_cond_kwargs=added)
-        return eps.to(latents.dtype)
+        """``config.validate`` with this model's facts (VAE factor, position-encoding length)."""
+        motion = self.motion
+        config.validate(self.vae_scale_factor, motion.max_frames if motion is not None else None,
+                        motion.config.name if motion is not None else None)
 
     # ---- latents ---------------------------------------------------------------------------------
     def latent_shape(self, config: GenerationConfig) -> tuple[int, ...]:
@@ -234,50 +190,30 @@ class AnimationPipeline:
                 generator = torch.Generator("cpu").manual_seed(config.seed)
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
-            raise UserInputError(f"--latents: shape {tuple(latents.shape)} does not match the requested video {shape}")
+            raise UserInputError(f"does not match the requested video {shape}", field="latents", value=tuple(latents.shape))
         return latents.to(device=self.unet.device, dtype=torch.float32)
 
-    # ---- decoding --------------------------------------------------------------------------------
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
-        """Latents ``(b, 4, f, h, w)`` -> frames ``(b, 3, f, H, W)`` in [0, 1], fp32 on the CPU, decoding
-        ``chunk_size`` frames per VAE call (the official code decodes one at a time; frames are independent)."""
-        vae = self.base.vae
-        original_dtype = vae.dtype
-        # SDXL's VAE overflows in fp16 (config.force_upcast); decode it in fp32 for the duration.
-        upcast = original_dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-        b, c, f, h, w = latents.shape
-        x = latents.transpose(1, 2).reshape(b * f, c, h, w) / vae.config.scaling_factor  # b c f h w -> (b f) c h w
-        try:
-            if upcast:
-                vae.to(torch.float32)
-            decoded = [vae.decode(chunk.to(device=vae.device, dtype=vae.dtype)).sample.float().cpu()
-                       for chunk in x.split(chunk_size)]
-        finally:
-            if upcast:
-                vae.to(original_dtype)
-        frames = torch.cat(decoded)
-        frames = frames.reshape(b, f, *frames.shape[1:]).transpose(1, 2)  # (b f) c H W -> b c f H W
-        return (frames / 2 + 0.5).clamp(0, 1)
+        """Latents ``(b, 4, f, h, w)`` -> frames ``(b, 3, f, H, W)`` in [0, 1], fp32 on the CPU (vae.decode)."""
+        return vae_io.decode(self.base.vae, latents, chunk_size)
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, config: GenerationConfig, latents: torch.Tensor | None = None,
                  progress: Progress | None = None) -> GenerationResult:
         """Generate ``config.num_videos`` clips. ``progress(step, total)`` is called after every denoising step."""
-        self.validate(config)
         config = config.resolved(self.default_scheduler_preset)
         self.validate(config)
         timings, start = {}, time.perf_counter()
 
         generator = torch.Generator("cpu").manual_seed(config.seed)  # latents first, then any step noise
         latents = self.prepare_latents(config, latents, generator)
-        cond, uncond = self._conditioning(config)
+        cond, uncond = encode_conditioning(self.base, config, self.unet.device, self.unet.dtype)
         timings["text"] = time.perf_counter() - start
 
         tick = time.perf_counter()
         scheduler = make_scheduler(config.scheduler, config.scheduler_preset, prediction_type=self.base.prediction_type)
-        denoiser = ClassifierFreeGuidance(self._model, cond, uncond, config.guidance_scale)
+        denoiser = ClassifierFreeGuidance(self.denoiser, cond, uncond, config.guidance_scale)
         latents = sample(denoiser, scheduler, latents, config.steps, generator=generator, eta=config.eta, progress=progress)
         timings["denoise"] = time.perf_counter() - tick
 

@@ -1,8 +1,9 @@
 """Classifier-free guidance (Ho & Salimans, 2022) as a small wrapper around a conditional denoiser.
 
 A *conditional model* is ``model(latents, t, cond) -> eps`` where ``cond`` is a dict of tensors whose first
-axis is the batch (``encoder_hidden_states``; for SDXL also ``text_embeds`` and ``time_ids``). The
-wrapper is itself a plain denoiser ``(latents, t) -> eps``, which is all the sampling loop sees.
+axis is the batch (``encoder_hidden_states``; for SDXL also ``text_embeds`` and ``time_ids``; per clip or per
+frame, see generation/conditioning.py: cond and uncond must share the layout). The wrapper is itself a plain
+denoiser ``(latents, t) -> eps``, which is all the sampling loop sees.
 """
 
 from __future__ import annotations

@@ -75,17 +75,32 @@ SAMPLING_DEFAULTS: dict[str, SamplingDefaults] = {
 }
 
 
-def _check_name(value: str, choices: dict, option: str) -> None:
-    if value not in choices:
-        raise UserInputError(f"{option} {value}: unknown; choose one of {', '.join(choices)}")
+def check_scheduler(name: str) -> str:
+    """``name`` if it is a known solver, else ``UserInputError`` about the ``scheduler`` field. The one check
+    of scheduler names: ``GenerationConfig.validate`` and ``make_scheduler`` both call it."""
+    if name not in SCHEDULERS:
+        raise UserInputError(f"unknown; choose one of {', '.join(SCHEDULERS)}", field="scheduler", value=name)
+    return name
+
+
+def check_preset(preset: str) -> str:
+    """``preset`` if it is a known noise schedule, else ``UserInputError`` about the ``scheduler_preset`` field."""
+    if preset not in SCHEDULER_PRESETS:
+        raise UserInputError(f"unknown; choose one of {', '.join(SCHEDULER_PRESETS)}", field="scheduler_preset", value=preset)
+    return preset
+
+
+def sampling_defaults(preset: str) -> SamplingDefaults:
+    """The recommended sampler, steps and guidance of a (checked) preset."""
+    return SAMPLING_DEFAULTS[check_preset(preset)]
 
 
 def make_scheduler(name: str, preset: str = "animatediff", **overrides) -> SchedulerMixin:
     """A fresh diffusers scheduler: solver ``name`` on the noise schedule of ``preset``.
 
     ``overrides`` are diffusers config keys (e.g. ``use_karras_sigmas=True``) and win over the preset."""
-    _check_name(name, SCHEDULERS, "--scheduler")
-    _check_name(preset, SCHEDULER_PRESETS, "--scheduler-preset")
+    check_scheduler(name)
+    check_preset(preset)
     cls, solver_options = SCHEDULERS[name]
     accepted = inspect.signature(cls.__init__).parameters
     config = {**SCHEDULER_PRESETS[preset], **solver_options}

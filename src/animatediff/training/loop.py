@@ -33,7 +33,9 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from ..components import BaseModel
+from ..generation.pipeline import AnimationPipeline, GenerationConfig
 from ..motion_module import MotionModules
+from ..video_io import save_video
 from . import export
 from .config import TrainConfig
 from .data import StepSampler, build_dataset, mix_seed
@@ -197,25 +199,22 @@ class MetricsLog:
 
 
 def validate(config: TrainConfig, base: BaseModel, motion: MotionModules | None, step: int, output_dir: Path) -> None:
-    """Sample the fixed prompts/seeds with the generation pipeline and save GIFs."""
-    try:
-        from ..generation.pipeline import AnimationPipeline, GenerationConfig
-        from ..video_io import save_video
-    except ImportError as e:
-        logger.warning("validation skipped: the generation pipeline is unavailable (%s)", e)
-        return
+    """Sample the fixed prompts/seeds with the generation pipeline and save GIFs.
+
+    The pipeline hooks the motion modules into the training UNet a second time for the duration (the training
+    hooks pass through while it samples) and is closed afterwards, so no hooks pile up between validations."""
     folder = output_dir / "samples" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
-    pipeline = AnimationPipeline(base, motion)
     num_frames = config.validation_num_frames if motion is not None else 1
-    for i, prompt in enumerate(config.validation_prompts):
-        for seed in config.validation_seeds:
-            result = pipeline.generate(GenerationConfig(
-                prompt=prompt, num_frames=num_frames, width=config.validation_size, height=config.validation_size,
-                steps=config.validation_inference_steps, guidance_scale=config.validation_guidance_scale, seed=seed,
-                scheduler_preset="animatediff",
-            ))
-            save_video(result.frames[0], folder / f"{i}-seed{seed}.gif", fps=8)
+    with AnimationPipeline(base, motion) as pipeline:
+        for i, prompt in enumerate(config.validation_prompts):
+            for seed in config.validation_seeds:
+                result = pipeline.generate(GenerationConfig(
+                    prompt=prompt, num_frames=num_frames, width=config.validation_size, height=config.validation_size,
+                    steps=config.validation_inference_steps, guidance_scale=config.validation_guidance_scale, seed=seed,
+                    scheduler_preset="animatediff",
+                ))
+                save_video(result.frames[0], folder / f"{i}-seed{seed}.gif", fps=8)
     logger.info("validation samples in %s", folder)
 
 
