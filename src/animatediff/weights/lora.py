@@ -18,12 +18,12 @@ from math import prod
 import torch
 from torch import nn
 
-from .files import read_state_dict
 from ..components import BaseModel
-from .convert import motion_module_from_diffusers, unet_name_to_ldm
 from ..errors import UserInputError
-from .load import _examples
 from ..motion_module import MotionModules
+from .convert import motion_module_from_diffusers, unet_name_to_ldm
+from .detect import is_diffusers_motion_layout
+from .files import examples, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +120,15 @@ def apply_lora(base: BaseModel, path, scale: float) -> LoraHandle:
         groups.setdefault(layer, {})[part] = value
     foreign = [k for k in groups if not k.startswith(("lora_unet_", "lora_te"))]
     if foreign:
-        raise UserInputError(f"{name}: not a kohya LoRA: {len(foreign)} keys without lora_unet_/lora_te prefixes (e.g. {_examples(foreign)})")
+        raise UserInputError(f"{name}: not a kohya LoRA: {len(foreign)} keys without lora_unet_/lora_te prefixes (e.g. {examples(foreign)})")
     unsupported = sorted({f"{layer}.{part}" for layer, parts in groups.items() for part in parts
                           if part not in ("lora_down.weight", "lora_up.weight", "alpha")})
     if unsupported:
-        raise UserInputError(f"{name}: unsupported LoRA tensors (LoHa/LoKr/DoRA/Tucker?), e.g. {_examples(unsupported)}")
+        raise UserInputError(f"{name}: unsupported LoRA tensors (LoHa/LoKr/DoRA/Tucker?), e.g. {examples(unsupported)}")
     layers = kohya_layer_names(base)
     unmatched = [k for k in groups if k not in layers]
     if unmatched:
-        raise UserInputError(f"LoRA {name}: {len(unmatched)} keys match no layer of this {target}, e.g. {_examples(unmatched)}")
+        raise UserInputError(f"LoRA {name}: {len(unmatched)} keys match no layer of this {target}, e.g. {examples(unmatched)}")
     pairs = {}
     for layer, parts in groups.items():
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
@@ -155,21 +155,21 @@ def _processor_pairs(state_dict: dict[str, torch.Tensor], name: str) -> dict[str
         (downs if "_lora.down." in key else ups)[target] = value
     if downs.keys() != ups.keys():
         odd = downs.keys() ^ ups.keys()
-        raise UserInputError(f"{name}: {len(odd)} LoRA layers lack their down/up pair (e.g. {_examples(odd)})")
+        raise UserInputError(f"{name}: {len(odd)} LoRA layers lack their down/up pair (e.g. {examples(odd)})")
     return {k: (ups[k], downs[k]) for k in downs}
 
 
 def _processor_merge(params: dict[str, nn.Parameter], pairs, name: str, target: str, scale: float) -> LoraHandle:
     unmatched = [k for k in pairs if k not in params]
     if unmatched:
-        raise UserInputError(f"{name}: {len(unmatched)} keys match no layer of this {target}, e.g. {_examples(unmatched)}")
+        raise UserInputError(f"{name}: {len(unmatched)} keys match no layer of this {target}, e.g. {examples(unmatched)}")
     return _merge_all({k: (params[k], up, down, scale) for k, (up, down) in pairs.items()}, name, target, scale)
 
 
 def apply_motion_lora(motion: MotionModules, path, alpha: float) -> LoraHandle:
     """Merge an official MotionLoRA (``v2_lora_ZoomIn.ckpt`` ...) into ``motion`` as ``W += alpha * up @ down``."""
     state_dict, name = _read(path, "MotionLoRA")
-    if any(".attn1." in k and "temporal_transformer" not in k for k in state_dict):  # diffusers layout
+    if is_diffusers_motion_layout(state_dict):
         state_dict = motion_module_from_diffusers({k.removeprefix("unet."): v for k, v in state_dict.items()})
     if not any(".motion_modules." in k for k in state_dict):
         raise UserInputError(f"{name}: not a MotionLoRA (no motion_modules keys); is it a domain adapter or a kohya LoRA?")
