@@ -113,6 +113,30 @@ def test_motion_lora_merge_and_unmerge(tmp_path):
     assert _max_diff(before, _snapshot(motion)[0]) < 1e-6
 
 
+def test_diffusers_layout_motion_lora_merges_like_the_official_file():
+    from animatediff.weights.convert import motion_module_to_diffusers
+
+    lora = motion_lora_state_dict("v2", rank=4)
+    diffusers = {"unet." + k: v for k, v in motion_module_to_diffusers(lora).items()}
+    assert not any("temporal_transformer" in k for k in diffusers)
+    merged = []
+    for state in (lora, diffusers):
+        motion = randomize_(MotionModules(tiny_config("v2")))
+        apply_motion_lora(motion, state, 0.5)
+        merged.append(_snapshot(motion)[0])
+    assert _max_diff(*merged) == 0
+
+
+def test_trained_lora_exports_the_official_processor_keys():
+    from animatediff.training.lora_layers import LoRANetwork, motion_attention_targets, spatial_attention_targets
+
+    motion, unet = MotionModules(tiny_config("v2")), tiny_unet()
+    exported = LoRANetwork(motion_attention_targets(motion), rank=4).official_state_dict()
+    assert exported.keys() == motion_lora_state_dict("v2", rank=4).keys()
+    exported = LoRANetwork(spatial_attention_targets(unet), rank=4).official_state_dict()
+    assert exported.keys() == domain_adapter_state_dict(unet, rank=4).keys()
+
+
 def test_v2_motion_lora_on_v3_module_is_a_user_error(tmp_path):
     path = save(motion_lora_state_dict("v2"), tmp_path / "v2_lora_PanLeft.ckpt")
     with pytest.raises(UserInputError, match="v2_lora_PanLeft.ckpt: .*mid-block.*v3.*no mid block"):
@@ -135,3 +159,4 @@ def test_domain_adapter_merge_and_errors(tmp_path):
     xl_adapter = save(domain_adapter_state_dict(tiny_unet(sdxl=True)), tmp_path / "xl_adapter.ckpt")
     with pytest.raises(UserInputError, match="xl_adapter.ckpt: "):
         apply_domain_adapter(unet, xl_adapter, 1.0)
+

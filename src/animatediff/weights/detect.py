@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .convert import parse_processor_lora_key
 from .files import read_keys
 from ..errors import UserInputError
 
@@ -169,7 +170,7 @@ def detect_kind(state_dict: dict) -> FileDescription:
         motion = detect_motion_module(state_dict) or {}
         details = {"motion_modules": motion.get("num_modules", 0)}
         return FileDescription("sparsectrl", version, n, "sd15", details)
-    lora_keys = [k for k in keys if ".processor." in k and "_lora." in k]
+    lora_keys = [k for k in keys if parse_processor_lora_key(k) is not None]
     if lora_keys:
         rank = _lora_rank(state_dict, "_lora.down.weight")
         if any(".motion_modules." in k for k in lora_keys):

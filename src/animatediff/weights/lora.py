@@ -21,7 +21,7 @@ from torch import nn
 from ..components import BaseModel
 from ..errors import UserInputError
 from ..motion_module import MotionModules
-from .convert import motion_module_from_diffusers, unet_name_to_ldm
+from .convert import motion_module_from_diffusers, parse_processor_lora_key, unet_name_to_ldm
 from .detect import is_diffusers_motion_layout
 from .files import examples, read_state_dict
 
@@ -143,16 +143,15 @@ def apply_lora(base: BaseModel, path, scale: float) -> LoraHandle:
 
 # ---- processor-format LoRAs: MotionLoRA and the domain adapter -------------------------------------------
 def _processor_pairs(state_dict: dict[str, torch.Tensor], name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{target parameter name: (up, down)}``; the official rule: drop ``processor.``, ``_lora``, ``down.``/``up.``;
-    ``to_out`` -> ``to_out.0``."""
+    """``{target parameter name: (up, down)}`` by ``convert.parse_processor_lora_key``."""
     downs, ups = {}, {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.").removeprefix("unet.")
-        if ".processor." not in key or "_lora." not in key:
+        parsed = parse_processor_lora_key(key)
+        if parsed is None:
             raise UserInputError(f"{name}: not a processor-format LoRA (unexpected key {key})")
-        target = key.replace("processor.", "").replace("_lora.down.", ".").replace("_lora.up.", ".")
-        target = target.replace(".to_out.weight", ".to_out.0.weight")
-        (downs if "_lora.down." in key else ups)[target] = value
+        target, part = parsed
+        (downs if part == "down" else ups)[target] = value
     if downs.keys() != ups.keys():
         odd = downs.keys() ^ ups.keys()
         raise UserInputError(f"{name}: {len(odd)} LoRA layers lack their down/up pair (e.g. {examples(odd)})")
