@@ -11,13 +11,14 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from animatediff.components import package_data
 from animatediff.weights.convert import (
-    clip_to_ldm, motion_module_from_diffusers, motion_module_to_diffusers, open_clip_to_ldm, unet_name_to_ldm, unet_to_ldm,
-    vae_to_ldm,
+    clip_to_ldm, motion_module_from_diffusers, motion_module_to_diffusers, open_clip_to_ldm, parse_processor_lora_key,
+    processor_lora_key, unet_name_to_ldm, unet_to_ldm, vae_to_ldm,
 )
 from animatediff.weights.load import load_motion_modules
 from animatediff.motion_module import MotionModules
 
-from fixtures import official_motion_state_dict, save, tiny_config
+from conftest import tiny_unet
+from fixtures import domain_adapter_state_dict, motion_lora_state_dict, official_motion_state_dict, save, tiny_config
 
 
 def _adapter(mid_block: bool) -> MotionAdapter:
@@ -86,3 +87,20 @@ def test_full_size_ldm_mapping_is_the_inverse_of_diffusers_converters(kind):
         assert back.keys() == state.keys()
     ldm_clip = clip_to_ldm({"encoder.layers.0.mlp.fc1.weight": torch.zeros(1)})
     assert list(convert_ldm_clip_checkpoint(ldm_clip)) == ["text_model.encoder.layers.0.mlp.fc1.weight"]
+
+
+def test_processor_lora_keys_parse_and_format_both_ways():
+    key = "mid_block.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1.processor.to_out_lora.up.weight"
+    target = "mid_block.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_out.0.weight"
+    assert parse_processor_lora_key(key) == (target, "up")
+    assert processor_lora_key(target, "up") == key
+    unet = tiny_unet()
+    params = dict(unet.named_parameters()) | dict(MotionModules(tiny_config("v2")).named_parameters())
+    for state in (motion_lora_state_dict("v2"), domain_adapter_state_dict(unet)):
+        for key in state:
+            target, part = parse_processor_lora_key(key)
+            assert target in params and processor_lora_key(target, part) == key
+    for odd in ("x.processor.to_q_lora.alpha", "x.to_q_lora.down.weight", "x.processor.proj_in_lora.down.weight"):
+        assert parse_processor_lora_key(odd) is None
+    with pytest.raises(ValueError):
+        processor_lora_key("x.to_out.weight", "down")

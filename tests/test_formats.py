@@ -3,7 +3,7 @@ import torch
 
 from animatediff.weights.convert import motion_module_to_diffusers
 from animatediff.errors import UserInputError
-from animatediff.weights.detect import describe_file, detect_kind
+from animatediff.weights.detect import describe_file, detect_kind, is_diffusers_motion_layout
 
 from conftest import tiny_unet
 from fixtures import (
@@ -34,6 +34,15 @@ def test_diffusers_layout_and_prefixed_motion_modules(tmp_path):
     assert (d.kind, d.version, d.details["layout"]) == ("motion-module", "v2", "diffusers")
     d = detect_kind(official_motion_state_dict("v1", module_prefix=True))
     assert (d.kind, d.version) == ("motion-module", "v1")
+
+
+def test_one_diffusers_layout_rule_for_motion_modules_and_motion_loras():
+    official, lora = official_motion_state_dict("v2", module_prefix=True), motion_lora_state_dict("v2")
+    assert is_diffusers_motion_layout(motion_module_to_diffusers(official))
+    assert is_diffusers_motion_layout({"unet." + k: v for k, v in motion_module_to_diffusers(lora).items()})
+    sd15 = tiny_base_model()
+    others = (official, lora, domain_adapter_state_dict(sd15.unet), kohya_lora_state_dict(sd15), ldm_checkpoint(sd15))
+    assert not any(is_diffusers_motion_layout(state) for state in others)
 
 
 def test_every_other_kind(tmp_path):

@@ -30,7 +30,7 @@ def test_kohya_merge_math_with_and_without_alpha():
         factor = 0.8 * (alpha / 4 if alpha else 1.0)  # kohya: scale * alpha / rank
         torch.testing.assert_close(weight.detach(), before + factor * up @ down, rtol=0, atol=1e-6)
         handle.unmerge()
-        torch.testing.assert_close(weight.detach(), before, rtol=0, atol=1e-6)
+        assert torch.equal(weight.detach(), before)
 
 
 def test_kohya_ldm_names_text_encoder_and_locon_convs():
@@ -53,7 +53,7 @@ def test_kohya_ldm_names_text_encoder_and_locon_convs():
     torch.testing.assert_close(conv.detach(), expected, rtol=0, atol=1e-6)
     b.unmerge()
     for x, y in zip(before, _snapshot(base.unet, base.text_encoder)):
-        assert _max_diff(x, y) < 1e-6
+        assert _max_diff(x, y) == 0
 
 
 def test_sdxl_kohya_te1_te2_and_two_loras_compose_additively():
@@ -77,7 +77,7 @@ def test_sdxl_kohya_te1_te2_and_two_loras_compose_additively():
     h2.unmerge()
     h2.unmerge()  # a second unmerge is a no-op
     for x, y in zip(before, _snapshot(base.unet, base.text_encoder, base.text_encoder_2)):
-        assert _max_diff(x, y) < 1e-6
+        assert _max_diff(x, y) == 0
 
 
 def test_lora_for_another_base_is_a_user_error(tmp_path):
@@ -110,7 +110,31 @@ def test_motion_lora_merge_and_unmerge(tmp_path):
     torch.testing.assert_close(motion.state_dict()[key], expected, rtol=0, atol=1e-6)
     assert handle.num_layers == 4 * 2 * tiny_config("v2").num_modules
     handle.unmerge()
-    assert _max_diff(before, _snapshot(motion)[0]) < 1e-6
+    assert _max_diff(before, _snapshot(motion)[0]) == 0
+
+
+def test_diffusers_layout_motion_lora_merges_like_the_official_file():
+    from animatediff.weights.convert import motion_module_to_diffusers
+
+    lora = motion_lora_state_dict("v2", rank=4)
+    diffusers = {"unet." + k: v for k, v in motion_module_to_diffusers(lora).items()}
+    assert not any("temporal_transformer" in k for k in diffusers)
+    merged = []
+    for state in (lora, diffusers):
+        motion = randomize_(MotionModules(tiny_config("v2")))
+        apply_motion_lora(motion, state, 0.5)
+        merged.append(_snapshot(motion)[0])
+    assert _max_diff(*merged) == 0
+
+
+def test_trained_lora_exports_the_official_processor_keys():
+    from animatediff.training.lora_layers import LoRANetwork, motion_attention_targets, spatial_attention_targets
+
+    motion, unet = MotionModules(tiny_config("v2")), tiny_unet()
+    exported = LoRANetwork(motion_attention_targets(motion), rank=4).official_state_dict()
+    assert exported.keys() == motion_lora_state_dict("v2", rank=4).keys()
+    exported = LoRANetwork(spatial_attention_targets(unet), rank=4).official_state_dict()
+    assert exported.keys() == domain_adapter_state_dict(unet, rank=4).keys()
 
 
 def test_v2_motion_lora_on_v3_module_is_a_user_error(tmp_path):
@@ -131,7 +155,79 @@ def test_domain_adapter_merge_and_errors(tmp_path):
     prefix = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora."
     torch.testing.assert_close(unet.state_dict()[key], before[key] + adapter[prefix + "up.weight"] @ adapter[prefix + "down.weight"], rtol=0, atol=1e-6)
     handle.unmerge()
-    assert _max_diff(before, _snapshot(unet)[0]) < 1e-6
+    assert _max_diff(before, _snapshot(unet)[0]) == 0
     xl_adapter = save(domain_adapter_state_dict(tiny_unet(sdxl=True)), tmp_path / "xl_adapter.ckpt")
     with pytest.raises(UserInputError, match="xl_adapter.ckpt: "):
         apply_domain_adapter(unet, xl_adapter, 1.0)
+
+
+# ---- merge + unmerge is exact in every dtype (swapping LoRAs never drifts the base model) --------------
+def _params(*modules):
+    return [(name, p.detach().clone()) for m in modules for name, p in m.named_parameters()]
+
+
+def _assert_identical(before, modules):
+    after = _params(*modules)
+    changed = [name for (name, a), (_, b) in zip(before, after) if not torch.equal(a, b)]
+    assert not changed, f"{len(changed)} parameters changed, e.g. {changed[:3]}"
+
+
+def _cycle(apply, target, lora, scale, times):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny ops: much faster on one thread of a shared machine
+    try:
+        for _ in range(times):
+            apply(target, lora, scale).unmerge()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kohya_merge_unmerge_1000_times_on_fp16_is_exact():
+    base = tiny_base_model()
+    lora = kohya_lora_state_dict(base, conv=True, text_encoder=False, seed=5)
+    base.unet.half()
+    before = _params(base.unet)
+    _cycle(apply_lora, base, lora, 0.8, 1000)
+    _assert_identical(before, (base.unet,))
+
+
+def test_motion_lora_and_domain_adapter_merge_unmerge_1000_times_on_fp16_are_exact():
+    motion = randomize_(MotionModules(tiny_config("v2"))).half()
+    before = _params(motion)
+    _cycle(apply_motion_lora, motion, motion_lora_state_dict("v2", seed=3), 0.7, 1000)
+    _assert_identical(before, (motion,))
+    unet = tiny_unet().half()
+    before = _params(unet)
+    _cycle(apply_domain_adapter, unet, domain_adapter_state_dict(unet, seed=4), 1.0, 1000)
+    _assert_identical(before, (unet,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_overlapping_loras_unmerged_in_either_order_restore_exactly(dtype):
+    base = tiny_base_model()
+    first, second = kohya_lora_state_dict(base, seed=1), kohya_lora_state_dict(base, seed=2, alpha=None)  # same layers
+    base.unet.to(dtype), base.text_encoder.to(dtype)
+    before = _params(base.unet, base.text_encoder)
+    h1, h2 = apply_lora(base, first, 0.7), apply_lora(base, second, -1.2)
+    h2.unmerge()  # reverse order, as Animator.clear_loras does
+    h1.unmerge()
+    _assert_identical(before, (base.unet, base.text_encoder))
+    h1, h2 = apply_lora(base, first, 0.7), apply_lora(base, second, -1.2)
+    h1.unmerge()  # merge order: the end state is exact too
+    h2.unmerge()
+    _assert_identical(before, (base.unet, base.text_encoder))
+
+
+def test_a_dropped_handle_stays_merged_while_others_unmerge_around_it():
+    loras = [kohya_lora_state_dict(tiny_base_model(), seed=seed) for seed in (1, 2, 3)]  # all on the same layers
+    reference = tiny_base_model()
+    apply_lora(reference, loras[1], 1.0)
+    expected = _snapshot(reference.unet)[0]
+    for order in ((0, 2), (2, 0)):
+        base = tiny_base_model()
+        first = apply_lora(base, loras[0], 1.0)
+        apply_lora(base, loras[1], 1.0)  # handle dropped: merged for good
+        third = apply_lora(base, loras[2], 1.0)
+        for handle in [(first, third)[i // 2] for i in order]:
+            handle.unmerge()
+        assert _max_diff(expected, _snapshot(base.unet)[0]) < 1e-5

@@ -2,8 +2,9 @@
 
 Attached with forward hooks on the Linear *instances* (like inflation.py), so the frozen model's own
 state-dict keys never change and its weights stay bit-identical. The LoRA pairs live in one
-``LoRANetwork`` module (the thing the optimiser and DDP see); each remembers the official key prefix it
-exports to, e.g. ``down_blocks.0.attentions.0.transformer_blocks.0.attn1`` + ``.processor.to_q_lora.down.weight``.
+``LoRANetwork`` module (the thing the optimiser and DDP see); each remembers the parameter it adapts
+(``...attn1.to_q.weight``), which ``convert.processor_lora_key`` names in the official export
+(``...attn1.processor.to_q_lora.down.weight``).
 
 Which layers get LoRA is decided structurally, by module type, in ``spatial_attention_targets`` (the
 domain adapter: every spatial ``BasicTransformerBlock``'s attn1/attn2) and ``motion_attention_targets``
@@ -17,8 +18,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from ..motion_module import MotionModules, VersatileAttention
-
-PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")  # official names; "to_out" is the Linear to_out[0]
+from ..weights.convert import processor_lora_key
 
 
 class LoRAPair(nn.Module):
@@ -35,12 +35,12 @@ class LoRAPair(nn.Module):
 class LoRANetwork(nn.Module):
     """All LoRA pairs of one adapter, with their export names; ``attach`` hooks them into the model."""
 
-    def __init__(self, targets: list[tuple[str, str, nn.Linear]], rank: int, scale: float = 1.0):
+    def __init__(self, targets: list[tuple[str, nn.Linear]], rank: int, scale: float = 1.0):
         super().__init__()
         self.scale = scale
-        self.names = [f"{prefix}.processor.{proj}_lora" for prefix, proj, _ in targets]
-        self.pairs = nn.ModuleList(LoRAPair(lin.in_features, lin.out_features, rank) for _, _, lin in targets)
-        self._linears = [lin for _, _, lin in targets]  # a plain list: not submodules, not in state_dict
+        self.targets = [target for target, _ in targets]  # the adapted parameters' names, "...attn1.to_q.weight"
+        self.pairs = nn.ModuleList(LoRAPair(lin.in_features, lin.out_features, rank) for _, lin in targets)
+        self._linears = [lin for _, lin in targets]  # a plain list: not submodules, not in state_dict
         self._handles: list = []
 
     def attach(self) -> "LoRANetwork":
@@ -63,18 +63,19 @@ class LoRANetwork(nn.Module):
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """Processor-format keys; the scale is folded into ``up`` so ``W += alpha * up @ down`` (alpha 1) is exact."""
         out = {}
-        for name, pair in zip(self.names, self.pairs):
-            out[f"{name}.down.weight"] = pair.down.weight.detach().float().cpu().contiguous()
-            out[f"{name}.up.weight"] = (pair.up.weight.detach().float() * self.scale).cpu().contiguous()
+        for target, pair in zip(self.targets, self.pairs):
+            out[processor_lora_key(target, "down")] = pair.down.weight.detach().float().cpu().contiguous()
+            out[processor_lora_key(target, "up")] = (pair.up.weight.detach().float() * self.scale).cpu().contiguous()
         return out
 
 
-def _projection_targets(prefix: str, attention: nn.Module) -> list[tuple[str, str, nn.Linear]]:
-    layers = (attention.to_q, attention.to_k, attention.to_v, attention.to_out[0])
-    return [(prefix, proj, linear) for proj, linear in zip(PROJECTIONS, layers)]
+def _projection_targets(prefix: str, attention: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """(parameter name, Linear) of an attention's q/k/v/out projections; ``to_out`` is a ModuleList."""
+    layers = {"to_q": attention.to_q, "to_k": attention.to_k, "to_v": attention.to_v, "to_out.0": attention.to_out[0]}
+    return [(f"{prefix}.{name}.weight", linear) for name, linear in layers.items()]
 
 
-def spatial_attention_targets(unet: nn.Module) -> list[tuple[str, str, nn.Linear]]:
+def spatial_attention_targets(unet: nn.Module) -> list[tuple[str, nn.Linear]]:
     """Domain adapter: q/k/v/out of self- (attn1) and cross-attention (attn2) in every spatial transformer block."""
     targets = []
     for name, block in unet.named_modules():
@@ -86,7 +87,7 @@ def spatial_attention_targets(unet: nn.Module) -> list[tuple[str, str, nn.Linear
     return targets
 
 
-def motion_attention_targets(motion: MotionModules) -> list[tuple[str, str, nn.Linear]]:
+def motion_attention_targets(motion: MotionModules) -> list[tuple[str, nn.Linear]]:
     """MotionLoRA: q/k/v/out of every temporal self-attention of the motion modules."""
     return [
         target

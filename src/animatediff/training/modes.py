@@ -27,6 +27,7 @@ from ..weights.convert import is_position_encoding_key
 from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
 from ..weights.load import load_base_model, load_motion_modules
+from ..weights.lora import apply_domain_adapter
 from ..motion_module import MotionModules
 from ..presets import get_preset
 from .config import TrainConfig
@@ -86,7 +87,7 @@ class Setup:
         return h.hexdigest()[:16]
 
 
-# ---- loading (loading.py when present, else a minimal local reader) ---------------------------------
+# ---- loading ------------------------------------------------------------------------------------------
 def load_base(source: str) -> BaseModel:
     return load_base_model(source)
 
@@ -115,25 +116,7 @@ def fresh_motion(config: TrainConfig, unet, mid_block: bool | None = None) -> Mo
 
 def merge_domain_adapter(base: BaseModel, path: str) -> None:
     """Merge a domain adapter into the frozen UNet at scale 1 (paper §4.2 trains the motion module on top of it)."""
-    try:
-        from ..weights.lora import apply_domain_adapter
-    except ImportError:  # lora.py absent: the official merge rule, inline
-        apply_domain_adapter = None
-    if apply_domain_adapter is not None:
-        apply_domain_adapter(base.unet, path, 1.0)
-        return
-    state = load_file(path)
-    modules = dict(base.unet.named_modules())
-    with torch.no_grad():
-        for key, down in state.items():
-            if not key.endswith(".down.weight"):
-                continue
-            prefix, proj = key.removesuffix(".down.weight").split(".processor.")
-            name = f"{prefix}.{proj.removesuffix('_lora')}" + (".0" if proj == "to_out_lora" else "")
-            if name not in modules:
-                raise UserInputError(f"--domain_adapter {path}: {name} is not a layer of this UNet")
-            up = state[key.replace(".down.weight", ".up.weight")]
-            modules[name].weight += (up.float() @ down.float()).to(modules[name].weight.dtype)
+    apply_domain_adapter(base.unet, path, 1.0)  # permanent: the handle is dropped
 
 
 # ---- per-mode construction -----------------------------------------------------------------------

@@ -6,9 +6,13 @@ Formats:
   ``module.`` (self-trained DDP files), carrying ``pos_encoder.pe`` buffers and an ``animatediff_config`` entry.
 - *diffusers* ``MotionAdapter``: the same tree without ``temporal_transformer``, with ``attn1/attn2``,
   ``norm1/norm2/norm3`` and a ``pos_embed.pe`` buffer per transformer block.
+- *processor* LoRA (official MotionLoRA, v3 domain adapter): ``<module>.processor.to_q_lora.down.weight``
+  for the parameter ``<module>.to_q.weight``.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -196,18 +200,45 @@ def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str = "conditi
     return out
 
 
+# ---- processor-format LoRA keys (official MotionLoRA and v3 domain adapter) -----------------------------
+# ``<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight`` holds the pair merged into the parameter
+# ``<module>.to_{q,k,v,out.0}.weight`` (``to_out`` is a ModuleList whose Linear is ``to_out.0``).
+_PROCESSOR_KEY = re.compile(r"^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+_TARGET_KEY = re.compile(r"^(.+)\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+
+
+def parse_processor_lora_key(key: str) -> tuple[str, str] | None:
+    """``<module>.processor.to_out_lora.down.weight`` -> (``<module>.to_out.0.weight``, ``"down"``);
+    None for a key of any other form."""
+    match = _PROCESSOR_KEY.match(key)
+    if match is None:
+        return None
+    module, projection, part = match.groups()
+    return f"{module}.{projection}{'.0' if projection == 'to_out' else ''}.weight", part
+
+
+def processor_lora_key(target: str, part: str) -> str:
+    """Inverse of ``parse_processor_lora_key``: (``<module>.to_out.0.weight``, ``"up"``) ->
+    ``<module>.processor.to_out_lora.up.weight``. ``ValueError`` for other parameters or parts."""
+    match = _TARGET_KEY.match(target)
+    if match is None or part not in ("down", "up"):
+        raise ValueError(f"no processor-LoRA key for {target!r} ({part!r})")
+    module, projection = match.groups()
+    return f"{module}.processor.{projection.removesuffix('.0')}_lora.{part}.weight"
+
+
 def processor_lora_to_kohya(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Processor-format LoRA on UNet layers (``<module>.processor.to_q_lora.down.weight``, merged as
     ``W += up @ down``) -> kohya (``lora_unet_<module>_to_q.lora_down.weight`` / ``.lora_up.weight`` and
     ``.alpha`` = rank, so kohya's ``alpha / rank`` factor is 1 and the merge is the same)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        module, _, rest = key.partition(".processor.")
-        projection, _, part = rest.partition("_lora.")  # "to_q", "down.weight"
-        assert module and projection in ("to_q", "to_k", "to_v", "to_out") and part in ("down.weight", "up.weight"), key
-        layer = "lora_unet_" + f"{module}.{projection}".replace(".", "_") + ("_0" if projection == "to_out" else "")
-        out[f"{layer}.lora_{part}"] = value
-        if part == "down.weight":
+        parsed = parse_processor_lora_key(key)
+        assert parsed is not None, key
+        target, part = parsed
+        layer = "lora_unet_" + target.removesuffix(".weight").replace(".", "_")  # ...attn1.to_out.0 -> ..._attn1_to_out_0
+        out[f"{layer}.lora_{part}.weight"] = value
+        if part == "down":
             out[f"{layer}.alpha"] = torch.tensor(float(value.shape[0]), dtype=value.dtype)
     assert len(out) == len(state_dict) * 3 // 2, "every down needs its up"
     return out

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import torch
 
+from .convert import parse_processor_lora_key
 from .files import read_keys
 from ..errors import UserInputError
 
+LDM_UNET_PREFIX = "model.diffusion_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 _MOTION_KEY = re.compile(r"^(?:module\.)?(down_blocks\.(\d+)|up_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.(.*)$")
 _BASE_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
@@ -58,22 +61,47 @@ def _shape(value) -> tuple[int, ...]:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
 
 
+def is_diffusers_motion_layout(keys) -> bool:
+    """Whether motion-module keys are in the diffusers ``MotionAdapter`` layout
+    (``...motion_modules.k.transformer_blocks.j.attn1...``: no ``temporal_transformer`` level anywhere).
+
+    ``keys``: any iterable of key names (a state dict works), motion modules, MotionLoRAs or full UNets, with
+    or without ``module.``/``unet.`` prefixes. False for the official layout and for keys of no motion module."""
+    keys = list(keys)
+    return not any("temporal_transformer" in k for k in keys) and any(
+        ".motion_modules." in k and (".attn1." in k or ".attn2." in k) for k in keys
+    )
+
+
+def detect_ldm_base(keys) -> str | None:
+    """"sd15" / "sdxl" / "sd2" / "unknown" (text encoder of no known layout) for an LDM single-file checkpoint,
+    None when it has no ``model.diffusion_model.*`` keys."""
+    keys = set(keys)
+    if not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
+        return None
+    if any(k.startswith(SDXL_OPEN_CLIP_PREFIX) for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd15"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    return "unknown"
+
+
 def detect_motion_module(state_dict: dict, name: str = "") -> dict | None:
     """Architecture facts of a motion module state dict (official or diffusers layout), or None."""
     modules: dict[tuple[str, int], set[int]] = {}
     channels: dict[int, int] = {}
     attention_blocks: set[str] = set()
     pe_length = None
-    layout = "official"
+    layout = "diffusers" if is_diffusers_motion_layout(state_dict) else "official"
     for key, value in state_dict.items():
         match = _MOTION_KEY.match(key)
         if not match:
             continue
         block, down, up, index, rest = match.groups()
-        if not rest.startswith("temporal_transformer."):
-            if ".attn1." not in rest and ".attn2." not in rest and not rest.startswith(("norm.", "proj_in.", "proj_out.", "transformer_blocks.")):
-                continue
-            layout = "diffusers"
+        if layout == "official" and not rest.startswith("temporal_transformer."):
+            continue
         rest = rest.removeprefix("temporal_transformer.")
         kind = "down" if down is not None else "up" if up is not None else "mid"
         modules.setdefault((kind, int(down or up or 0)), set()).add(int(index))
@@ -142,7 +170,7 @@ def detect_kind(state_dict: dict) -> FileDescription:
         motion = detect_motion_module(state_dict) or {}
         details = {"motion_modules": motion.get("num_modules", 0)}
         return FileDescription("sparsectrl", version, n, "sd15", details)
-    lora_keys = [k for k in keys if ".processor." in k and "_lora." in k]
+    lora_keys = [k for k in keys if parse_processor_lora_key(k) is not None]
     if lora_keys:
         rank = _lora_rank(state_dict, "_lora.down.weight")
         if any(".motion_modules." in k for k in lora_keys):
@@ -156,13 +184,11 @@ def detect_kind(state_dict: dict) -> FileDescription:
         details = {k: motion[k] for k in ("layout", "num_modules", "mid_block", "block_out_channels")}
         details["position_encoding"] = f"{motion['pe_length']} frames" if motion["pe_length"] else "not stored"
         return FileDescription("motion-module", motion["version"], _num_params(state_dict, skip_pe=True), motion["base"], details)
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        from .load import detect_ldm_base
-
-        base = detect_ldm_base(keys)
+    base = detect_ldm_base(keys)
+    if base is not None:
         details = {"vae": any(k.startswith("first_stage_model.") for k in keys),
                    "ema": any(k.startswith("model_ema.") for k in keys),
-                   "unet_params": _num_params({k: v for k, v in state_dict.items() if k.startswith("model.diffusion_model.")})}
+                   "unet_params": _num_params({k: v for k, v in state_dict.items() if k.startswith(LDM_UNET_PREFIX)})}
         kind = f"{base}-checkpoint" if base in ("sd15", "sdxl", "sd2") else "ldm-checkpoint"
         return FileDescription(kind, None, n, base if base in ("sd15", "sdxl") else "", details)
     if "conv_in.weight" in state_dict and any(k.startswith("down_blocks.") for k in keys):

@@ -116,6 +116,12 @@ def read_state_dict(path: str | Path, *, mmap: bool = True) -> dict[str, torch.T
     return tensors
 
 
+def examples(keys, n: int = 3) -> str:
+    """A few of ``keys``, sorted, for one-line error messages: ``"a, b, c, ..."``."""
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
 def read_keys(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape, cheaply for ``.safetensors`` (header only); loads pickles fully."""
     path = Path(path)

@@ -29,25 +29,22 @@ from diffusers.loaders.single_file_utils import (
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .files import read_keys, read_state_dict
 from ..components import BaseModel, package_data
-from .convert import clean_official_motion_state_dict, motion_module_from_diffusers
 from ..errors import UserInputError
+from ..inflation import _check_fits
 from ..motion_module import MotionModules
 from ..presets import MotionModuleConfig, get_preset
+from .convert import clean_official_motion_state_dict, motion_module_from_diffusers
+from .detect import (
+    LDM_UNET_PREFIX, SDXL_OPEN_CLIP_PREFIX, detect_kind, detect_ldm_base, detect_motion_module, is_diffusers_motion_layout,
+)
+from .files import examples, read_keys, read_state_dict
 
 logger = logging.getLogger(__name__)
 
-LDM_UNET_PREFIX = "model.diffusion_model."
-_SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 
 # ---- strict assignment -----------------------------------------------------------------------------------
-def _examples(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
-
-
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, what: str) -> None:
     """Raise ``UserInputError`` unless ``state_dict`` has exactly ``model``'s keys and shapes."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -56,9 +53,9 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {_examples(missing)})")
+            parts.append(f"{len(missing)} missing keys (e.g. {examples(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {_examples(unexpected)})")
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {examples(unexpected)})")
         raise UserInputError(f"{source}: {what} weights do not match: " + "; ".join(parts))
     wrong = [k for k, shape in expected.items() if tuple(state_dict[k].shape) != shape]
     if wrong:
@@ -100,20 +97,6 @@ def _unused(raw: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) ->
 
 
 # ---- single-file LDM checkpoints -------------------------------------------------------------------------
-def detect_ldm_base(keys) -> str | None:
-    """"sd15" / "sdxl" for an LDM single-file checkpoint, None if it is not one we can load."""
-    keys = set(keys)
-    if not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
-        return None
-    if any(k.startswith(_SDXL_OPEN_CLIP_PREFIX) for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd15"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    return "unknown"
-
-
 def _text_model_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Match the ``text_model.`` level to the model: transformers 5's ``CLIPTextModel`` has none, older
     releases and ``CLIPTextModelWithProjection`` do."""
@@ -178,7 +161,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | N
     converted = convert_ldm_unet_checkpoint(raw, unet_config)
     leftover = _unused(raw, converted)
     if leftover:
-        raise UserInputError(f"{source}: UNet has {len(leftover)} keys of no known layer (e.g. {_examples(leftover)})")
+        raise UserInputError(f"{source}: UNet has {len(leftover)} keys of no known layer (e.g. {examples(leftover)})")
     del raw  # the converted dict now holds the only references
     unet = assign_state_dict(_build(UNet2DConditionModel, unet_config), converted, source, f"{kind} UNet", dtype)
 
@@ -196,7 +179,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | N
     if kind == "sdxl":
         config_2 = CLIPTextConfig.from_pretrained(str(configs / "text_encoder_2"), local_files_only=True)
         text_encoder_2 = _build(CLIPTextModelWithProjection, config_2)
-        converted = convert_open_clip_checkpoint(text_encoder_2, reader.take(_SDXL_OPEN_CLIP_PREFIX), prefix=_SDXL_OPEN_CLIP_PREFIX)
+        converted = convert_open_clip_checkpoint(text_encoder_2, reader.take(SDXL_OPEN_CLIP_PREFIX), prefix=SDXL_OPEN_CLIP_PREFIX)
         converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
         text_encoder_2 = assign_state_dict(text_encoder_2, converted, source, "sdxl text encoder 2", dtype)
         tokenizer_2 = _tokenizer(pad_token="!")
@@ -308,12 +291,6 @@ def load_base_model(
 
 
 # ---- motion modules --------------------------------------------------------------------------------------
-def _is_diffusers_motion_layout(keys) -> bool:
-    return any(".motion_modules." in k and ".transformer_blocks." in k and ".attn1." in k for k in keys) and not any(
-        "temporal_transformer" in k for k in keys
-    )
-
-
 def _read_motion_source(source) -> tuple[dict, str, dict]:
     """(state dict, display name, diffusers config.json or {})."""
     if isinstance(source, dict):
@@ -332,8 +309,6 @@ def _read_motion_source(source) -> tuple[dict, str, dict]:
 def motion_config_from_state_dict(state_dict: dict, name: str = "", preset: str | None = None) -> MotionModuleConfig:
     """Detect the preset (v1/v2/v3/sdxl-beta/animatelcm/lightning) of an official-layout motion module state
     dict and adapt its channels, layers per block and attention count to what the file contains."""
-    from .detect import detect_motion_module
-
     found = detect_motion_module(state_dict, name)
     if found is None:
         raise UserInputError(f"{name}: no motion-module keys (*.motion_modules.*.temporal_transformer.*) found")
@@ -365,18 +340,16 @@ def load_motion_modules(
     ``config`` overrides the whole architecture (tests, unusual files); ``unet``, when given, is checked to
     fit (SDXL modules on an SD1.5 UNet is a ``UserInputError`` naming the file)."""
     state_dict, name, _ = _read_motion_source(source)
-    from .detect import detect_kind
-
     description = detect_kind(state_dict)
     if description.kind not in ("motion-module", "unknown"):
         raise UserInputError(f"{name}: this is a {description.kind} file, not a motion module")
     ignored = [k for k in state_dict if "motion_modules." not in k]
     if ignored:  # e.g. a full-UNet training checkpoint: only its motion modules matter here
-        logger.warning("%s: ignoring %d non-motion-module keys (e.g. %s)", name, len(ignored), _examples(ignored))
+        logger.warning("%s: ignoring %d non-motion-module keys (e.g. %s)", name, len(ignored), examples(ignored))
     state_dict = {k: v for k, v in state_dict.items() if "motion_modules." in k}
     if config is None:  # detect on the file's own keys: the PE buffers tell v1 from v3 and AnimateLCM from v2
         config = motion_config_from_state_dict(state_dict, name, preset)
-    if _is_diffusers_motion_layout(state_dict):
+    if is_diffusers_motion_layout(state_dict):
         state_dict = motion_module_from_diffusers(state_dict)
     if max_frames is not None:
         config = config.with_max_frames(max_frames)
@@ -393,8 +366,6 @@ def load_motion_modules(
 
 def check_motion_fits(unet: UNet2DConditionModel, motion: MotionModules) -> None:
     """``inflation._check_fits`` as a ``UserInputError`` that names the motion module file."""
-    from ..inflation import _check_fits
-
     try:
         _check_fits(getattr(unet, "unet", unet), motion)
     except ValueError as error:
