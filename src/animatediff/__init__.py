@@ -9,7 +9,8 @@ from .inflation import AnimateDiffUNet
 from .weights.load import load_base_model, load_motion_modules
 from .weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from .motion_module import MotionModules
-from .generation.pipeline import AnimationPipeline, GenerationConfig, GenerationResult
+from .generation.config import GenerationConfig
+from .generation.pipeline import AnimationPipeline, GenerationResult
 from .presets import MOTION_PRESETS, MotionModuleConfig, get_preset
 from .video_io import read_frames, save_video
 

@@ -24,7 +24,8 @@ from .errors import UserInputError
 from .weights.load import load_base_model, load_motion_modules
 from .weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
 from .motion_module import MotionModules
-from .generation.pipeline import AnimationPipeline, GenerationConfig, GenerationResult
+from .generation.config import GenerationConfig
+from .generation.pipeline import AnimationPipeline, GenerationResult
 from .video_io import save_video
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from . import scores, world
 from ..api import Animator
 from ..weights.files import file_sha256
 from ..errors import UserInputError
-from ..generation.pipeline import GenerationConfig
+from ..generation.config import GenerationConfig
 from ..presets import CAMERA_MOVES
 from ..training import augment
 from ..video_io import to_uint8_frames

@@ -17,15 +17,13 @@ call ``per_frame`` on both when either is per frame.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..components import BaseModel
 from ..sampling.guidance import Conditioning
+from .config import GenerationConfig
 
-if TYPE_CHECKING:
-    from .pipeline import GenerationConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -26,93 +25,13 @@ from ..inflation import AnimateDiffUNet
 from ..motion_module import MotionModules
 from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.loop import Progress, sample
-from ..sampling.schedulers import check_preset, check_scheduler, make_scheduler, sampling_defaults
+from ..sampling.schedulers import make_scheduler
 from . import vae as vae_io
 from .conditioning import encode_conditioning
+from .config import GenerationConfig
 from .denoiser import UNetDenoiser
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerationConfig:
-    """Everything that determines a generated clip (recorded in the output's sidecar).
-
-    ``scheduler``, ``steps`` and ``guidance_scale`` left as None take the preset's recommended values
-    (``schedulers.SAMPLING_DEFAULTS``); ``scheduler_preset`` None takes the motion module's own preset
-    (Lightning, AnimateLCM, SDXL beta) or "animatediff". ``seed`` None draws a random seed, which
-    ``resolved()`` records."""
-
-    prompt: str
-    negative_prompt: str = ""
-    num_frames: int = 16
-    width: int = 512
-    height: int = 512
-    steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int | None = None
-    scheduler: str | None = None
-    scheduler_preset: str | None = None
-    decode_chunk_size: int = 16
-    eta: float = 0.0
-    clip_skip: int | None = None  # 1 = penultimate CLIP layer (diffusers convention)
-    num_videos: int = 1  # clips per prompt, drawn from one generator
-
-    def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
-        """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
-        preset = self.scheduler_preset or default_preset
-        defaults = sampling_defaults(preset)  # UserInputError(field="scheduler_preset") for an unknown one
-        return dataclasses.replace(
-            self,
-            scheduler_preset=preset,
-            scheduler=self.scheduler or defaults.scheduler,
-            steps=self.steps if self.steps is not None else defaults.steps,
-            guidance_scale=self.guidance_scale if self.guidance_scale is not None else defaults.guidance_scale,
-            seed=self.seed if self.seed is not None else random.SystemRandom().randrange(2**32),
-        )
-
-    def validate(self, vae_scale_factor: int | None = None, max_frames: int | None = None,
-                 motion_name: str | None = None) -> None:
-        """Raise ``UserInputError(detail, field=..., value=...)`` for the first value that cannot be generated.
-
-        The one place generation settings are checked. Fields still None (before ``resolved()``) are skipped.
-        What depends on the model comes as arguments: ``vae_scale_factor`` (width and height must be multiples
-        of it, 8 for SD/SDXL) and ``max_frames``, the motion module's position-encoding length (``motion_name``
-        for the message)."""
-
-        def require(name: str, ok: bool, detail: str) -> None:
-            if not ok:
-                raise UserInputError(detail, field=name, value=getattr(self, name))
-
-        def at_least(name: str, low: int) -> None:
-            value = getattr(self, name)
-            require(name, value is None or value >= low, "must be at least 1" if low else "must not be negative")
-
-        whole = ("num_frames", "width", "height", "steps", "decode_chunk_size", "num_videos", "clip_skip", "seed")
-        optional = ("steps", "guidance_scale", "seed", "clip_skip")  # None until resolved(); clip_skip None = off
-        for name in whole + ("guidance_scale", "eta"):
-            value = getattr(self, name)
-            kinds, what = (int, "a whole number") if name in whole else ((int, float), "a number")
-            require(name, (value is None and name in optional) or (isinstance(value, kinds) and not isinstance(value, bool)),
-                    f"must be {what}")
-        factor = vae_scale_factor or 1
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            require(name, value >= factor and value % factor == 0, f"must be a positive multiple of {factor}")
-        at_least("num_frames", 1)
-        if max_frames is not None:
-            owner = f"the {motion_name} motion module's" if motion_name else "the motion module's"
-            require("num_frames", self.num_frames <= max_frames,
-                    f"exceeds {owner} position-encoding length {max_frames} (use max_frames to extend it)")
-        for name in ("steps", "decode_chunk_size", "num_videos"):
-            at_least(name, 1)
-        for name in ("guidance_scale", "eta", "clip_skip"):
-            at_least(name, 0)
-        require("seed", self.seed is None or 0 <= self.seed < 2**64, "must be in 0 .. 2**64 - 1")  # torch.Generator's range
-        if self.scheduler is not None:
-            check_scheduler(self.scheduler)
-        if self.scheduler_preset is not None:
-            check_preset(self.scheduler_preset)
 
 
 @dataclass

@@ -33,7 +33,8 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from ..components import BaseModel
-from ..generation.pipeline import AnimationPipeline, GenerationConfig
+from ..generation.config import GenerationConfig
+from ..generation.pipeline import AnimationPipeline
 from ..motion_module import MotionModules
 from ..video_io import save_video
 from . import export
