@@ -44,6 +44,8 @@ class GenerateJob:
     adapter: tuple[str, float] | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # GenerationConfig fields
     out: Path | None = None
+    where: str = ""  # "job ToonYou" for a job from a prompt YAML
+    keys: dict[str, str] = field(default_factory=dict)  # field -> the YAML key it came from ("num_frames" -> "L")
 
 
 def _resolve(path: str, recipe_dir: Path) -> str:
