@@ -323,3 +323,44 @@ def test_train_unknown_motion_preset_is_one_line(tmp_path, capsys, monkeypatch, 
     assert "v4" in err[0] and "v3" in err[0]
     assert ("recipe.yaml" in err[0] and "motion_preset" in err[0]) if where == "recipe" else "--motion_preset" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+# ---- official prompt YAML, July-2023 named-job format -------------------------------------------------
+def test_july_2023_prompt_yaml_reads_path_and_base(files, tmp_path):
+    """``path`` alone is the whole model; with ``base`` it is a LoRA (at ``lora_alpha``) on top of ``base``; a list of
+    motion modules gives one clip per module x prompt. --model is only the fallback for jobs that name no model."""
+    import json
+
+    import yaml
+
+    recipe = tmp_path / "v1.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "Personal": {"base": "", "path": files["ldm"], "motion_module": [files["v2"], files["v3"]],
+                     "seed": [1], "steps": 2, "guidance_scale": 7.5, "prompt": ["a red circle"], "n_prompt": [""]},
+        "Styled": {"base": files["ldm"], "path": files["lora"], "lora_alpha": 0.6, "motion_module": [files["v2"]],
+                   "seed": 2, "steps": 2, "guidance_scale": 7.5, "prompt": ["a green star"], "n_prompt": [""]},
+    }, sort_keys=False))
+    out = tmp_path / "samples"
+    argv = ["-q", "generate", "--config", str(recipe), "--model", files["folder"], "--model-config", files["folder"],
+            "--width", "64", "--height", "64", "--frames", "4", "--out", str(out)]
+    assert main(argv) == 0
+    clips = sorted(out.glob("*.gif"))
+    assert [p.name for p in clips] == ["0-a-red-circle.gif", "1-a-red-circle.gif", "2-a-green-star.gif"]
+    meta = [json.loads(sidecar_path(p).read_text()) for p in clips]
+    assert [m["files"]["model"]["path"] for m in meta] == [files["ldm"]] * 3  # never the --model fallback
+    assert [m["files"]["motion_module"]["path"] for m in meta] == [files["v2"], files["v3"], files["v2"]]
+    assert meta[0]["loras"] == [] and meta[1]["loras"] == []
+    assert [(lora["path"], lora["scale"]) for lora in meta[2]["loras"]] == [(files["lora"], 0.6)]
+
+
+def test_yaml_frames_beyond_the_motion_module_name_L(files, tmp_path, capsys):
+    """The frame count came from the YAML's ``L``, so the error names the job and ``L``, not ``--frames``."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"- dreambooth_path: \"{files['ldm']}\"\n  motion_module: \"{files['v2']}\"\n  prompt: [\"a\"]\n"
+                      "  steps: 2\n  guidance_scale: 7.5\n  W: 64\n  H: 64\n  L: 40\n")
+    out = tmp_path / "samples"
+    assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --config "), err
+    assert "job 0, L 40" in err[0] and "--frames" not in err[0], err[0]
+    assert not out.exists()

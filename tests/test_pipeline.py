@@ -209,7 +209,7 @@ def test_module_generate_detaches_hooks(base, motion):
     [
         (dict(width=30), r"--width 30: must be a positive multiple of 8"),
         (dict(height=0), r"--height 0"),
-        (dict(num_frames=0), r"--frames 0: must be at least 1"),
+        (dict(num_frames=0), r"num_frames 0: must be at least 1"),
         (dict(steps=0), r"--steps 0"),
         (dict(decode_chunk_size=0), r"--decode-chunk-size 0"),
         (dict(scheduler="heun"), r"--scheduler heun"),
@@ -225,7 +225,7 @@ def test_too_many_frames_names_position_encoding_length(base):
     short = MotionModules(tiny_motion_config("v2", position_encoding_length=4))
     pipeline = AnimationPipeline(base, short)
     try:
-        with pytest.raises(UserInputError, match=r"--frames 5: exceeds the v2 motion module's position-encoding length 4 \(use --max-frames"):
+        with pytest.raises(UserInputError, match=r"num_frames 5: exceeds the v2 motion module's position-encoding length 4 \(use --max-frames"):
             pipeline.generate(config(num_frames=5))
     finally:
         pipeline.close()

@@ -201,7 +201,8 @@ def run_generate(args: argparse.Namespace) -> int:
             configs.append(GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings))
     for job in jobs:
         if job.motion_module is None:
-            logger.warning("no --motion-module: frames are generated independently (no motion)")
+            missing = f"{args.config}, {job.where}: no motion_module" if job.where else "no --motion-module"
+            logger.warning("%s: frames are generated independently (no motion)", missing)
     return _run_jobs(jobs, configs, args, device)
 
 

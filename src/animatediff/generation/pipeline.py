@@ -125,12 +125,12 @@ class AnimationPipeline:
             if value < factor or value % factor:
                 raise UserInputError(f"{option} {value}: must be a positive multiple of {factor}")
         if config.num_frames < 1:
-            raise UserInputError(f"--frames {config.num_frames}: must be at least 1")
+            raise UserInputError("must be at least 1", field="num_frames", value=config.num_frames)
         max_frames = self.motion.max_frames if self.motion is not None else None
         if max_frames is not None and config.num_frames > max_frames:
             raise UserInputError(
-                f"--frames {config.num_frames}: exceeds the {self.motion.config.name} motion module's "
-                f"position-encoding length {max_frames} (use --max-frames to extend)"
+                f"exceeds the {self.motion.config.name} motion module's position-encoding length {max_frames} "
+                f"(use --max-frames to extend)", field="num_frames", value=config.num_frames
             )
         if config.steps is not None and config.steps < 1:
             raise UserInputError(f"--steps {config.steps}: must be at least 1")
