@@ -276,6 +276,17 @@ def test_closed_sets_are_case_insensitive():
     assert build_parser().parse_args(["generate", "x", "--scheduler", "DDIM"]).scheduler == "ddim"
 
 
+def test_unknown_motion_preset_in_the_library_is_a_user_error(files):
+    from animatediff.api import Animator
+    from animatediff.errors import UserInputError
+    from animatediff.presets import get_preset
+
+    assert get_preset("V2").name == "v2"
+    with pytest.raises(UserInputError) as info:
+        Animator.load(files["ldm"], files["v2"], motion_preset="v4", model_config=files["folder"])
+    assert info.value.field == "motion_preset" and info.value.value == "v4" and "v1, v2, v3" in str(info.value)
+
+
 def test_motion_preset_in_capitals_generates(files, tmp_path):
     assert _generate(files, tmp_path / "clip.gif", "--motion-preset", "V2", "--scheduler", "DDIM") == 0
 
