@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int, help="default 512 (the bundled demo model: 64)")
     gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
-    gen.add_argument("--seed", type=parse_seed, help="0 .. 2**64-1 (default, or -1: a fresh one, recorded in the sidecar)")
+    gen.add_argument("--seed", type=parse_seed, help="0 .. 2**64-1; -1 or none given: a fresh random seed, recorded in the sidecar")
     gen.add_argument("--scheduler", type=str.lower, choices=list(SCHEDULERS), metavar="NAME",
                      help=f"{', '.join(SCHEDULERS)} (default: the preset's)")
     gen.add_argument("--scheduler-preset", type=str.lower, choices=list(SCHEDULER_PRESETS), metavar="NAME",
