@@ -217,3 +217,161 @@ def test_config_out_that_is_a_file_is_refused(files, tmp_path, capsys):
     assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(tmp_path / "samples")]) == 2
     assert "--out" in capsys.readouterr().err
     assert (tmp_path / "samples").read_text() == "mine"
+
+
+# ---- option values: every flag checked before any model loads, one line ------------------------------
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Animator.load fails the test; torch looks CPU-only (no CUDA, no MPS) whatever machine runs the test."""
+    from animatediff.api import Animator
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(Animator, "load", refuse)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+BAD_OPTIONS = {  # name -> (extra flags, words the error line must hold)
+    "unknown motion preset": (["--motion-preset", "v4"], ["--motion-preset", "v4", "v3"]),
+    "unknown scheduler": (["--scheduler", "plms2"], ["--scheduler", "plms2", "euler_a"]),
+    "unknown scheduler preset": (["--scheduler-preset", "turbo"], ["--scheduler-preset", "turbo", "lightning"]),
+    "unknown dtype": (["--dtype", "float8"], ["--dtype", "float8"]),
+    "cuda on a CPU-only torch": (["--device", "cuda"], ["--device cuda", "available: cpu"]),
+    "cuda:1 on a CPU-only torch": (["--device", "cuda:1"], ["--device cuda:1", "available: cpu"]),
+    "mps on a CPU-only torch": (["--device", "mps"], ["--device mps", "available: cpu"]),
+    "gpu is not a torch device": (["--device", "gpu"], ["--device gpu", "not a torch device name", "cuda", "available: cpu"]),
+    "device garbage": (["--device", "cuda:x"], ["--device cuda:x", "available: cpu"]),
+    "seed 2**64": (["--seed", str(2**64)], ["--seed", str(2**64)]),
+    "seed -2": (["--seed", "-2"], ["--seed", "-2", "-1"]),
+    "seed not a number": (["--seed", "random"], ["--seed", "random"]),
+    "fps 0": (["--fps", "0"], ["--fps", "0"]),
+    "fps negative": (["--fps", "-8"], ["--fps", "-8"]),
+    "fps garbage": (["--fps", "fast"], ["--fps", "fast"]),
+    "fps 1/0": (["--fps", "1/0"], ["--fps", "1/0"]),
+    "fps nan": (["--fps", "nan"], ["--fps", "nan"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_option_value_is_one_line_before_loading(files, tmp_path, capsys, no_loading, case):
+    extra, words = BAD_OPTIONS[case]
+    argv = ["-q", "generate", "a red circle", *_model(files), "--motion-module", files["v2"], *FAST, "--out", str(tmp_path / "clip.gif")]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for word in words:
+        assert word in err[0], (word, err[0])
+    assert not any(tmp_path.iterdir()), "no output may be left behind"
+
+
+def test_closed_sets_are_case_insensitive():
+    from animatediff.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "x", "--motion-preset", "V2", "--scheduler", "Euler_A",
+                                      "--scheduler-preset", "AnimateDiff", "--dtype", "Float16"])
+    assert (args.motion_preset, args.scheduler, args.scheduler_preset, args.dtype) == ("v2", "euler_a", "animatediff", "float16")
+    assert build_parser().parse_args(["generate", "x", "--scheduler", "DDIM"]).scheduler == "ddim"
+
+
+def test_unknown_motion_preset_in_the_library_is_a_user_error(files):
+    from animatediff.api import Animator
+    from animatediff.errors import UserInputError
+    from animatediff.presets import get_preset
+
+    assert get_preset("V2").name == "v2"
+    with pytest.raises(UserInputError) as info:
+        Animator.load(files["ldm"], files["v2"], motion_preset="v4", model_config=files["folder"])
+    assert info.value.field == "motion_preset" and info.value.value == "v4" and "v1, v2, v3" in str(info.value)
+
+
+def test_motion_preset_in_capitals_generates(files, tmp_path):
+    assert _generate(files, tmp_path / "clip.gif", "--motion-preset", "V2", "--scheduler", "DDIM") == 0
+
+
+def test_seed_minus_one_is_random_and_recorded(files, tmp_path):
+    import json
+
+    assert _generate(files, tmp_path / "clip.gif", "--seed", "-1") == 0
+    seed = json.loads(sidecar_path(tmp_path / "clip.gif").read_text())["seed"]
+    assert 0 <= seed < 2**64
+
+
+def test_largest_seed_is_taken(files, tmp_path):
+    import json
+
+    assert _generate(files, tmp_path / "clip.gif", "--seed", str(2**64 - 1)) == 0
+    assert json.loads(sidecar_path(tmp_path / "clip.gif").read_text())["seed"] == 2**64 - 1
+
+
+@pytest.mark.parametrize("fps, name, written", [("24000/1001", "clip.mp4", 24000 / 1001), ("23.976", "clip.webp", 23.976),
+                                                ("12.5", "clip.gif", 12.5)])
+def test_fractional_fps(files, tmp_path, fps, name, written):
+    import json
+
+    assert _generate(files, tmp_path / name, "--fps", fps) == 0
+    assert json.loads(sidecar_path(tmp_path / name).read_text())["fps"] == pytest.approx(written)
+
+
+# ---- train: a bad motion_preset in a recipe or an option is one line, before training starts ----------
+@pytest.mark.parametrize("where", ["recipe", "option"])
+def test_train_unknown_motion_preset_is_one_line(tmp_path, capsys, monkeypatch, where):
+    import animatediff.training.loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started before the recipe was checked")
+
+    monkeypatch.setattr(animatediff.training.loop, "train", refuse)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("mode: motion-module\nmotion_preset: v4\nvideo_folder: .\nbase_model: base\n")
+    config = [str(recipe)] if where == "recipe" else ["tiny-motion-module", "--motion_preset", "v4", "--video_folder", ".",
+                                                       "--base_model", "base"]
+    assert main(["train", "motion-module", "--config", *config]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "v4" in err[0] and "v3" in err[0]
+    assert ("recipe.yaml" in err[0] and "motion_preset" in err[0]) if where == "recipe" else "--motion_preset" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+# ---- official prompt YAML, July-2023 named-job format -------------------------------------------------
+def test_july_2023_prompt_yaml_reads_path_and_base(files, tmp_path):
+    """``path`` alone is the whole model; with ``base`` it is a LoRA (at ``lora_alpha``) on top of ``base``; a list of
+    motion modules gives one clip per module x prompt. --model is only the fallback for jobs that name no model."""
+    import json
+
+    import yaml
+
+    recipe = tmp_path / "v1.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "Personal": {"base": "", "path": files["ldm"], "motion_module": [files["v2"], files["v3"]],
+                     "seed": [1], "steps": 2, "guidance_scale": 7.5, "prompt": ["a red circle"], "n_prompt": [""]},
+        "Styled": {"base": files["ldm"], "path": files["lora"], "lora_alpha": 0.6, "motion_module": [files["v2"]],
+                   "seed": 2, "steps": 2, "guidance_scale": 7.5, "prompt": ["a green star"], "n_prompt": [""]},
+    }, sort_keys=False))
+    out = tmp_path / "samples"
+    argv = ["-q", "generate", "--config", str(recipe), "--model", files["folder"], "--model-config", files["folder"],
+            "--width", "64", "--height", "64", "--frames", "4", "--out", str(out)]
+    assert main(argv) == 0
+    clips = sorted(out.glob("*.gif"))
+    assert [p.name for p in clips] == ["0-a-red-circle.gif", "1-a-red-circle.gif", "2-a-green-star.gif"]
+    meta = [json.loads(sidecar_path(p).read_text()) for p in clips]
+    assert [m["files"]["model"]["path"] for m in meta] == [files["ldm"]] * 3  # never the --model fallback
+    assert [m["files"]["motion_module"]["path"] for m in meta] == [files["v2"], files["v3"], files["v2"]]
+    assert meta[0]["loras"] == [] and meta[1]["loras"] == []
+    assert [(lora["path"], lora["scale"]) for lora in meta[2]["loras"]] == [(files["lora"], 0.6)]
+
+
+def test_yaml_frames_beyond_the_motion_module_name_L(files, tmp_path, capsys):
+    """The frame count came from the YAML's ``L``, so the error names the job and ``L``, not ``--frames``."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"- dreambooth_path: \"{files['ldm']}\"\n  motion_module: \"{files['v2']}\"\n  prompt: [\"a\"]\n"
+                      "  steps: 2\n  guidance_scale: 7.5\n  W: 64\n  H: 64\n  L: 40\n")
+    out = tmp_path / "samples"
+    assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --config "), err
+    assert "job 0, L 40" in err[0] and "--frames" not in err[0], err[0]
+    assert not out.exists()

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 from .errors import UserInputError
+from .evaluate import add_eval_parser
+from .presets import MOTION_PRESETS
+from .sampling.schedulers import SCHEDULER_PRESETS, SCHEDULERS
+from .training.cli import add_train_parser
 
 logger = logging.getLogger("animatediff")
 
@@ -46,25 +53,87 @@ def parse_weighted(spec: str, option: str, default: float = 1.0) -> tuple[str, f
     return spec, default
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64-1
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``error: --seed: ...``, exit 2) instead of the usage and a message."""
+
+    def error(self, message: str):
+        raise UserInputError(message.removeprefix("argument "))
+
+
+def parse_seed(text: str) -> int:
+    """``--seed``: 0 .. 2**64-1, or -1 for a fresh random seed (as in the official prompt YAMLs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 .. 2**64-1, or -1 for a random seed)") from None
+    if value != -1 and not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. {SEED_MAX} (-1: a random seed)")
+    return value
+
+
+def parse_fps(text: str) -> float:
+    """``--fps``: a positive number, decimal (``23.976``) or fraction (``24000/1001``); whole numbers stay ``int``."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 8, 23.976 or 24000/1001)") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0 frames per second")
+    return int(value) if value.is_integer() else value
+
+
+def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` (CUDA when this torch can use it, else the CPU) or a device this torch can use.
+
+    Raises ``UserInputError`` (field ``device``) naming the devices that are available, e.g. ``(available: cpu)``."""
+    import torch
+
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        available.append("mps")
+    wanted = name.strip().lower()
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    listed = f"(available: {', '.join(available)})"
+    try:
+        device = torch.device(wanted)
+    except (RuntimeError, ValueError):
+        hint = "; a GPU is cuda (NVIDIA, AMD) or mps (Apple)" if wanted == "gpu" else ""
+        raise UserInputError(f"not a torch device name{hint} {listed}", field="device", value=name) from None
+    kinds = {a.partition(":")[0] for a in available}
+    if device.type not in kinds:
+        why = "this torch is a CPU-only build" if device.type == "cuda" and torch.version.cuda is None and torch.version.hip is None \
+            else f"this torch sees no {device.type} device here"
+        raise UserInputError(f"{why} {listed}", field="device", value=name)
+    if device.index is not None and str(device) not in available:
+        raise UserInputError(f"no such {device.type} device {listed}", field="device", value=name)
+    return wanted
+
+
+def _dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        name = "float16" if device.startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
 def _settings_from_flags(args: argparse.Namespace) -> dict:
     """GenerationConfig fields the user gave explicitly (flags default to None so recipes can fill in)."""
     mapping = {
         "frames": "num_frames", "width": "width", "height": "height", "steps": "steps", "guidance": "guidance_scale",
         "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
     }
-    return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
-
-
-def _device_and_dtype(args):
-    import torch
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return device, getattr(torch, dtype)
+    settings = {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
+    if settings.get("seed") == -1:
+        settings["seed"] = None  # -1: a fresh random seed, recorded in the sidecar (also over a recipe's seeds)
+    return settings
 
 
 def _progress_bar(steps: int, label: str):
@@ -83,8 +152,11 @@ def _progress_bar(steps: int, label: str):
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .generation.pipeline import GenerationConfig
     from .recipes import GenerateJob, load_official_recipe, slug
+    from .video_io import check_output
 
+    device = resolve_device(args.device)  # every value is checked before any model loads
     overrides = _settings_from_flags(args)
     loras = [parse_weighted(s, "--lora") for s in args.lora]
     motion_loras = [parse_weighted(s, "--motion-lora") for s in args.motion_lora]
@@ -105,6 +177,9 @@ def run_generate(args: argparse.Namespace) -> int:
             job.loras += loras
             job.motion_loras += motion_loras
             job.adapter = adapter or job.adapter
+            for field, given in (("loras", loras), ("motion_loras", motion_loras), ("adapter", adapter)):
+                if given:  # a flag took part: an error about it may be the flag's
+                    job.keys.pop(field, None)
             job.out = out_dir / f"{i}-{slug(job.prompt)}{suffix}"
     else:
         if not args.prompt:
@@ -118,35 +193,50 @@ def run_generate(args: argparse.Namespace) -> int:
                         loras=found.loras, motion_loras=found.motion_loras, adapter=found.adapter,
                         settings={**found.defaults, **overrides}, out=out)
         ]
-    from .video_io import check_output
-
     for job in jobs:  # every output target is checked before any model loads
         check_output(job.out, overwrite=args.overwrite)
+    configs = []
+    for job in jobs:
+        with _named_in_recipe(job, args.config):
+            configs.append(GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings))
     for job in jobs:
         if job.motion_module is None:
-            logger.warning("no --motion-module: frames are generated independently (no motion)")
-    return _run_jobs(jobs, args)
+            missing = f"{args.config}, {job.where}: no motion_module" if job.where else "no --motion-module"
+            logger.warning("%s: frames are generated independently (no motion)", missing)
+    return _run_jobs(jobs, configs, args, device)
 
 
-def _run_jobs(jobs, args) -> int:
+@contextmanager
+def _named_in_recipe(job, recipe: str | None):
+    """An error about a value that came from the prompt YAML names the job and the YAML key (``L``), not the
+    flag (``--frames``) the user never gave."""
+    try:
+        yield
+    except UserInputError as e:
+        key = job.keys.get(e.field)
+        if key is None:
+            raise
+        raise UserInputError(e.render(f"--config {recipe}: {job.where}, {key}")) from None
+
+
+def _run_jobs(jobs, configs, args, device: str) -> int:
     from .api import Animator
-    from .generation.pipeline import GenerationConfig
 
-    device, dtype = _device_and_dtype(args)
+    dtype = _dtype(args.dtype, device)
     animator, loaded = None, None
-    for job in jobs:
-        key = (job.model, job.motion_module)
-        if key != loaded:
-            animator = None  # free the previous model before loading the next one
-            logger.info("loading %s + %s", job.model, job.motion_module or "no motion module")
-            animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset,
-                                     max_frames=args.max_frames, dtype=dtype, device=device, model_config=args.model_config)
-            loaded = key
-        animator.set_loras(job.loras, job.motion_loras, job.adapter)
-        config = GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings)
-        start = time.perf_counter()
-        result = animator.generate(config, progress=_progress_bar(config.steps or 0, "denoising"))
-        path = animator.save(result, job.out, fps=args.fps, overwrite=args.overwrite)
+    for job, config in zip(jobs, configs):
+        with _named_in_recipe(job, args.config):
+            key = (job.model, job.motion_module)
+            if key != loaded:
+                animator = None  # free the previous model before loading the next one
+                logger.info("loading %s + %s", job.model, job.motion_module or "no motion module")
+                animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset,
+                                         max_frames=args.max_frames, dtype=dtype, device=device, model_config=args.model_config)
+                loaded = key
+            animator.set_loras(job.loras, job.motion_loras, job.adapter)
+            start = time.perf_counter()
+            result = animator.generate(config, progress=_progress_bar(config.steps or 0, "denoising"))
+            path = animator.save(result, job.out, fps=args.fps, overwrite=args.overwrite)
         logger.info("wrote %s (seed %d, %.1f s)", path, result.seed, time.perf_counter() - start)
     return 0
 
@@ -160,7 +250,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="animatediff", description="AnimateDiff: animate personalised Stable Diffusion models.")
+    parser = _Parser(prog="animatediff", description="AnimateDiff: animate personalised Stable Diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "bundled: base (the default), personal")
     gen.add_argument("--model-config", help="folder with unet/, vae/, text_encoder/ config.json for a single-file model that is not stock SD1.5/SDXL")
     gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
-    gen.add_argument("--motion-preset", help="force the motion module preset (v1, v2, v3, sdxl-beta, animatelcm, lightning) instead of detecting it")
+    gen.add_argument("--motion-preset", type=str.lower, choices=list(MOTION_PRESETS), metavar="NAME",
+                     help=f"force the motion module preset ({', '.join(MOTION_PRESETS)}) instead of detecting it")
     gen.add_argument("--max-frames", type=int, help="extend the (recomputed) position encoding to this many frames")
     gen.add_argument("--negative", help="negative prompt")
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="community (kohya) LoRA, repeatable")
@@ -183,27 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int, help="default 512 (the bundled demo model: 64)")
     gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
-    gen.add_argument("--seed", type=int, help="random seed (default: a fresh one, recorded in the sidecar)")
-    gen.add_argument("--scheduler", help="ddim, euler, euler_a, dpm++2m, lcm")
-    gen.add_argument("--scheduler-preset", help="animatediff (default), sdxl-beta, lightning, animatelcm")
+    gen.add_argument("--seed", type=parse_seed, help="0 .. 2**64-1; -1 or none given: a fresh random seed, recorded in the sidecar")
+    gen.add_argument("--scheduler", type=str.lower, choices=list(SCHEDULERS), metavar="NAME",
+                     help=f"{', '.join(SCHEDULERS)} (default: the preset's)")
+    gen.add_argument("--scheduler-preset", type=str.lower, choices=list(SCHEDULER_PRESETS), metavar="NAME",
+                     help=f"{', '.join(SCHEDULER_PRESETS)} (default: the motion module's, else animatediff)")
     gen.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call")
-    gen.add_argument("--fps", type=int, default=8, help="frames per second of the output (default 8)")
+    gen.add_argument("--fps", type=parse_fps, default=8,
+                     help="frames per second of the output: 8 (default), 23.976, 24000/1001 ... (a GIF plays at most 50)")
     gen.add_argument("--out", help="output: .gif (default), .mp4, .webp, or a path without extension for PNG frames")
     gen.add_argument("--overwrite", action="store_true",
                      help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
-    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default auto: cuda if available, else cpu)")
+    gen.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES, help=", ".join(DTYPES) + " (auto: float16 on CUDA)")
     gen.set_defaults(func=run_generate)
 
     ins = sub.add_parser("inspect", help="say what a model file is")
     ins.add_argument("files", nargs="+")
     ins.set_defaults(func=run_inspect)
 
-    for module, adder in (("animatediff.training.cli", "add_train_parser"), ("animatediff.evaluate", "add_eval_parser")):
-        try:
-            getattr(__import__(module, fromlist=[adder]), adder)(sub)
-        except (ImportError, AttributeError) as e:  # a subcommand whose module is absent stays unavailable
-            logger.debug("subcommand from %s unavailable: %s", module, e)
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -223,14 +314,15 @@ def _quiet_third_party() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         return int(args.func(args) or 0)
     except UserInputError as e:
-        print(f"error: {e.render(FIELD_FLAGS.get(e.field))}", file=sys.stderr)
+        flags = getattr(args, "field_flags", FIELD_FLAGS)  # a subcommand may spell its fields otherwise (train)
+        print(f"error: {e.render(flags.get(e.field))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .errors import UserInputError
+
 
 @dataclass(frozen=True)
 class MotionModuleConfig:
@@ -73,7 +75,11 @@ MOTION_PRESETS: dict[str, MotionModuleConfig] = {
 
 
 def get_preset(name: str) -> MotionModuleConfig:
-    try:
-        return MOTION_PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown motion module preset {name!r}; choose one of {', '.join(MOTION_PRESETS)}") from None
+    """The preset called ``name``, case-insensitive (``V2`` is ``v2``).
+
+    Raises ``UserInputError`` (field ``motion_preset``) naming the known presets for any other name."""
+    preset = MOTION_PRESETS.get(name.lower()) if isinstance(name, str) else None
+    if preset is None:
+        raise UserInputError(f"unknown motion module preset; choose one of {', '.join(MOTION_PRESETS)}",
+                             field="motion_preset", value=name)
+    return preset

@@ -1,7 +1,13 @@
 """Generation recipes: the official repository's prompt-config YAML (``configs/prompts/*.yaml``), read as-is.
 
-A file is a list of jobs (the current format) or a mapping of named jobs (the July 2023 format, where
-``motion_module`` may be a list). Each job becomes one ``GenerateJob`` per (motion module, prompt).
+Two formats (README "Official prompt configs" lists every key read):
+- the current one (since Dec 2023): a list of jobs, the model in ``dreambooth_path``;
+- the July-2023 one: a mapping of named jobs, the model in ``path`` (a single-file model, or a LoRA merged
+  at ``lora_alpha`` on top of ``base`` when ``base`` is given) and ``motion_module`` usually a list.
+Both read the same keys. Each job becomes one ``GenerateJob`` per (motion module, prompt). Every value is
+type-checked here, and an error names the file, the job and the YAML key (``job ToonYou, W '64px': ...``);
+range checks (``W`` a multiple of 8, ``L`` within the motion module) stay with the library, whose errors the
+CLI maps back to the YAML key through ``GenerateJob.keys``. Unknown keys are warned about once.
 
 Precedence, one documented order: built-in defaults < recipe file < command-line flags given explicitly.
 """
@@ -9,6 +15,7 @@ Precedence, one documented order: built-in defaults < recipe file < command-line
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +27,19 @@ from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
-# Keys scripts/animate.py reads; anything else in a job is reported (not silently ignored).
-OFFICIAL_KEYS = {
-    "inference_config", "motion_module", "motion_module_lora_configs", "adapter_lora_path", "adapter_lora_scale",
-    "dreambooth_path", "lora_model_path", "lora_alpha", "controlnet_path", "controlnet_config", "controlnet_images",
-    "controlnet_image_indexs", "normalize_condition_images", "seed", "steps", "guidance_scale", "prompt", "n_prompt",
-    "W", "H", "L",
-    # July-2023 format extras
-    "base", "path", "domain_lora_scale",
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64-1; -1 means a fresh random seed
+READ_KEYS = {
+    "motion_module", "motion_module_lora_configs", "adapter_lora_path", "adapter_lora_scale", "dreambooth_path",
+    "lora_model_path", "lora_alpha", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
+    "path", "base",  # July 2023
 }
+# Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
+# one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
+UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
+               "normalize_condition_images"}
+WARNED_KEYS = {"domain_lora_scale", "init_image"}
+REQUIRED_KEYS = ("prompt", "steps", "guidance_scale")
+_MISSING = object()
 
 
 @dataclass
@@ -44,6 +55,126 @@ class GenerateJob:
     adapter: tuple[str, float] | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # GenerationConfig fields
     out: Path | None = None
+    where: str = ""  # "job ToonYou" for a job from a prompt YAML
+    keys: dict[str, str] = field(default_factory=dict)  # field -> the YAML key it came from ("num_frames" -> "L")
+
+
+def slug(text: str, words: int = 10) -> str:
+    """First words of a prompt as a file name, like the official ``<idx>-<prompt>.gif``."""
+    cleaned = re.sub(r"[^\w\s-]", "", text).split()[:words]
+    return "-".join(cleaned)[:120] or "animation"
+
+
+def _show(value) -> str:
+    return "null" if value is None else repr(value)
+
+
+class _Job:
+    """One job of the YAML with typed reads; every error names the file, the job and the key. A key with no value
+    (``key:``) counts as not given, except for the required ``prompt``, ``steps`` and ``guidance_scale``."""
+
+    def __init__(self, path: Path, name: str, values: dict):
+        self.path, self.name, self.values = path, name, values
+
+    def fail(self, key: str, why: str, value=_MISSING) -> UserInputError:
+        value = self.values.get(key, _MISSING) if value is _MISSING else value
+        shown = "" if value is _MISSING else f" {_show(value)}"
+        return UserInputError(f"job {self.name}, {key}{shown}: {why}", field="config", value=self.path)
+
+    def given(self, key: str) -> bool:
+        return self.values.get(key) is not None
+
+    def path_value(self, key: str) -> str:
+        """A file path; "" when not given."""
+        value = self.values.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(key, "expected a file path")
+        return value.strip()
+
+    def number(self, key: str, default: float | None = None, value=_MISSING, shown_key: str | None = None) -> float | None:
+        """A finite number; a string that reads as one is taken too (YAML 1.1 reads ``1e-1`` as a string)."""
+        value = self.values.get(key) if value is _MISSING else value
+        if value is None:
+            return default
+        if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return number
+        raise self.fail(shown_key or key, "expected a number (e.g. 7.5)", value)
+
+    def count(self, key: str) -> int | None:
+        """A positive whole number, or None when not given."""
+        value = self.values.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(key, "expected a positive whole number")
+        return value
+
+    def texts(self, key: str, allow_empty: bool) -> list[str]:
+        """Text or a list of text; ``[""]`` when not given."""
+        value = self.values.get(key)
+        if value is None:
+            return [""]
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(key, "empty list; give at least one")
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise self.fail(f"{key}[{i}]" if isinstance(value, list) else key, "expected text", item)
+            if not allow_empty and not item.strip():
+                raise self.fail(f"{key}[{i}]" if isinstance(value, list) else key, "empty prompt", item)
+        return items
+
+    def seeds(self) -> list[int | None]:
+        """Seeds as ints; -1 (a fresh random seed) becomes None. Default: one random seed."""
+        value = self.values.get("seed")
+        if value is None:
+            return [None]
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail("seed", "empty list; give a seed, a list of seeds, or -1 for random")
+        seeds = []
+        for i, item in enumerate(items):
+            key = f"seed[{i}]" if isinstance(value, list) else "seed"
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise self.fail(key, "expected a whole number (0 .. 2**64-1, or -1 for random)", item)
+            if item != -1 and not 0 <= item <= SEED_MAX:
+                raise self.fail(key, f"outside 0 .. {SEED_MAX} (-1: a random seed)", item)
+            seeds.append(None if item == -1 else item)
+        return seeds
+
+    def motion_loras(self) -> list[tuple[str, float]]:
+        key = "motion_module_lora_configs"
+        value = self.values.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(key, "expected a list of {path, alpha} entries")
+        found = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"].strip():
+                raise self.fail(f"{key}[{i}]", "expected {path: FILE, alpha: NUMBER}", item)
+            found.append((item["path"], self.number(key, 1.0, value=item.get("alpha"), shown_key=f"{key}[{i}].alpha")))
+        return found
+
+    def motion_modules(self) -> list[str | None]:
+        """One path or a list of paths (the July-2023 configs list v14 and v15); [None] when not given."""
+        value = self.values.get("motion_module")
+        if value is None or value == "":
+            return [None]
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail("motion_module", "empty list; give a motion module file (or leave the key out)")
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item.strip():
+                raise self.fail(f"motion_module[{i}]" if isinstance(value, list) else "motion_module", "expected a file path", item)
+        return [item.strip() for item in items]
 
 
 def _resolve(path: str, recipe_dir: Path) -> str:
@@ -54,97 +185,130 @@ def _resolve(path: str, recipe_dir: Path) -> str:
     return str(candidate) if candidate.exists() else path
 
 
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def slug(text: str, words: int = 10) -> str:
-    """First words of a prompt as a file name, like the official ``<idx>-<prompt>.gif``."""
-    cleaned = re.sub(r"[^\w\s-]", "", text).split()[:words]
-    return "-".join(cleaned)[:120] or "animation"
-
-
-def load_official_recipe(path: str | Path, model: str | None, overrides: dict[str, Any] | None = None) -> list[GenerateJob]:
-    """Read an official prompt-config YAML into jobs. ``model`` is the base model for jobs whose
-    ``dreambooth_path`` is empty (``None``: the bundled demo family); ``overrides`` are settings given explicitly
-    on the command line."""
-    path = Path(path)
+def _read_file(path: Path) -> list[tuple[str, Any]]:
+    """(job name, job) pairs: the list format's jobs are named by their index."""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UserInputError(f"--config {path}: file not found") from None
+        raise UserInputError("file not found", field="config", value=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(f"cannot be read ({e})", field="config", value=path) from None
     except yaml.YAMLError as e:
-        raise UserInputError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if isinstance(raw, dict):
-        entries = list(raw.values())
+        raise UserInputError(f"not valid YAML ({str(e).splitlines()[0]})", field="config", value=path) from None
+    if isinstance(raw, dict):  # July 2023: name -> job
+        named = [(str(name), job) for name, job in raw.items()]
     elif isinstance(raw, list):
-        entries = raw
+        named = [(str(i), job) for i, job in enumerate(raw)]
     else:
-        raise UserInputError(f"--config {path}: expected a list of jobs, got {type(raw).__name__}")
-    overrides = dict(overrides or {})
+        raise UserInputError(f"expected a list of jobs (or named jobs), got {_show(raw)[:40]}", field="config", value=path)
+    if not named:
+        raise UserInputError("holds no jobs", field="config", value=path)
+    for name, job in named:
+        if not isinstance(job, dict):
+            raise UserInputError(f"job {name}: expected a mapping of settings, got {_show(job)[:40]}", field="config", value=path)
+    return named
+
+
+def _warn_unknown_keys(path: Path, named: list[tuple[str, dict]]) -> None:
+    """One warning per unknown key for the whole file (a typo repeated in every job is one mistake)."""
+    unknown: dict[str, list[str]] = {}
+    for name, job in named:
+        for key in job:
+            if key not in READ_KEYS | UNUSED_KEYS | WARNED_KEYS:
+                unknown.setdefault(str(key), []).append(name)
+    for key, names in unknown.items():
+        logger.warning("%s: ignoring unknown key %r (job %s)", path, key, ", ".join(names))
+
+
+def load_official_recipe(path: str | Path, model: str | None, overrides: dict[str, Any] | None = None) -> list[GenerateJob]:
+    """Read an official prompt-config YAML (either format) into jobs. ``model`` is the base model for jobs that
+    name none (``None``: the bundled demo family); ``overrides`` are settings given explicitly on the command
+    line. Raises ``UserInputError`` (field ``config``) naming the job and the key of the first bad value."""
+    path = Path(path)
+    named = _read_file(path)
+    _warn_unknown_keys(path, named)
     jobs: list[GenerateJob] = []
-    for index, entry in enumerate(entries):
-        where = f"--config {path}, job {index}"
-        if not isinstance(entry, dict):
-            raise UserInputError(f"{where}: expected a mapping of settings")
-        unknown = set(entry) - OFFICIAL_KEYS
-        if unknown:
-            raise UserInputError(f"{where}: unknown keys {sorted(unknown)}")
-        for required in ("prompt", "steps", "guidance_scale"):
-            if required not in entry:
-                raise UserInputError(f"{where}: missing required key {required!r}")
-        if entry.get("controlnet_path"):
-            raise UserInputError(f"{where}: SparseCtrl jobs (controlnet_path) are not supported by `generate` yet")
-        if "domain_lora_scale" in entry:
-            # The pre-2024-07 v3 configs spelled it so; the official script ignored it and used 1.0.
-            logger.warning("%s: 'domain_lora_scale' is ignored as in the official script; use adapter_lora_scale", where)
+    for name, values in named:
+        jobs += _read_job(_Job(path, name, values), model, dict(overrides or {}))
+    return jobs
 
-        recipe_dir = path.parent
-        dreambooth = _resolve(entry.get("dreambooth_path") or "", recipe_dir)
-        job_model = dreambooth or model  # None: the bundled demo family, as `generate` without --model
-        loras = []
-        if entry.get("lora_model_path"):
-            loras.append((_resolve(entry["lora_model_path"], recipe_dir), float(entry.get("lora_alpha", 0.8))))
-        motion_loras = [
-            (_resolve(item["path"], recipe_dir), float(item.get("alpha", 1.0)))
-            for item in entry.get("motion_module_lora_configs") or []
-        ]
-        adapter = None
-        if entry.get("adapter_lora_path"):
-            adapter = (_resolve(entry["adapter_lora_path"], recipe_dir), float(entry.get("adapter_lora_scale", 1.0)))
 
-        prompts = [str(p) for p in _as_list(entry["prompt"])]
-        negatives = [str(p) for p in _as_list(entry.get("n_prompt", [""]))]
-        if len(negatives) == 1:
-            negatives = negatives * len(prompts)
-        if len(negatives) != len(prompts):
-            raise UserInputError(f"{where}: {len(prompts)} prompts but {len(negatives)} n_prompt entries")
-        seeds = [int(s) for s in _as_list(entry.get("seed", -1))]
-        if len(seeds) == 1:
-            seeds = seeds * len(prompts)
-        if len(seeds) != len(prompts):
-            raise UserInputError(f"{where}: {len(prompts)} prompts but {len(seeds)} seeds")
+def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[GenerateJob]:
+    where = f"job {job.name}"
+    for required in REQUIRED_KEYS:
+        if required not in job.values:
+            raise UserInputError(f"{where}: missing required key {required!r}", field="config", value=job.path)
+    if job.path_value("controlnet_path"):
+        raise job.fail("controlnet_path", "SparseCtrl jobs are not supported by `generate` yet")
+    if "domain_lora_scale" in job.values:
+        # The pre-2024-07 v3 configs spelled it so; the official script ignored it and used 1.0.
+        logger.warning("%s, %s: 'domain_lora_scale' is ignored as in the official script; use adapter_lora_scale", job.path, where)
+    if "init_image" in job.values:
+        logger.warning("%s, %s: init_image is not supported yet; the clip is generated from noise", job.path, where)
 
-        settings = {"steps": int(entry["steps"]), "guidance_scale": float(entry["guidance_scale"])}
-        for key, name in (("W", "width"), ("H", "height"), ("L", "num_frames")):
-            if key in entry:
-                settings[name] = int(entry[key])
-        settings.update(overrides)  # flags given explicitly win over the recipe
-        for motion_module in _as_list(entry.get("motion_module") or None):
-            for prompt, negative, seed in zip(prompts, negatives, seeds):
-                job_settings = dict(settings)
-                if "seed" not in overrides:
-                    job_settings["seed"] = None if seed == -1 else seed  # -1: a fresh random seed, recorded in the sidecar
-                jobs.append(
-                    GenerateJob(
-                        model=job_model,
-                        motion_module=_resolve(motion_module, recipe_dir) if motion_module else None,
-                        prompt=prompt,
-                        negative_prompt=negative,
-                        loras=list(loras),
-                        motion_loras=list(motion_loras),
-                        adapter=adapter,
-                        settings=job_settings,
-                    )
-                )
+    recipe_dir = job.path.parent
+    keys: dict[str, str] = {}
+    # The model: dreambooth_path (current format) or path (July 2023: a LoRA on top of base when base is given).
+    dreambooth, path, base = job.path_value("dreambooth_path"), job.path_value("path"), job.path_value("base")
+    if dreambooth and path:
+        raise job.fail("path", "give either path (July 2023 format) or dreambooth_path, not both")
+    loras: list[tuple[str, float]] = []
+    lora_alpha = job.number("lora_alpha", 0.8)  # the official default
+    model_key = "dreambooth_path" if dreambooth else "base" if base else "path" if path else None
+    job_model = _resolve(dreambooth or base or path, recipe_dir) or model  # None: the bundled demo family
+    if path and base:
+        loras.append((_resolve(path, recipe_dir), lora_alpha))
+        keys["loras"] = "path"
+    if job.path_value("lora_model_path"):
+        loras.append((_resolve(job.path_value("lora_model_path"), recipe_dir), lora_alpha))
+        keys["loras"] = "path, lora_model_path" if "loras" in keys else "lora_model_path"
+    if model_key:
+        keys["model"] = model_key
+    motion_loras = [(_resolve(p, recipe_dir), alpha) for p, alpha in job.motion_loras()]
+    if motion_loras:
+        keys["motion_loras"] = "motion_module_lora_configs"
+    adapter = None
+    if job.path_value("adapter_lora_path"):
+        adapter = (_resolve(job.path_value("adapter_lora_path"), recipe_dir), job.number("adapter_lora_scale", 1.0))
+        keys["adapter"] = "adapter_lora_path"
+
+    if job.values["prompt"] is None:
+        raise job.fail("prompt", "no prompt given")
+    prompts = job.texts("prompt", allow_empty=False)
+    negatives = job.texts("n_prompt", allow_empty=True)
+    if len(negatives) == 1:
+        negatives = negatives * len(prompts)
+    if len(negatives) != len(prompts):
+        raise UserInputError(f"{where}, n_prompt: {len(prompts)} prompts but {len(negatives)} n_prompt entries (give 1 or "
+                             f"{len(prompts)})", field="config", value=job.path)
+    seeds = job.seeds()
+    if len(seeds) == 1:
+        seeds = seeds * len(prompts)
+    if len(seeds) != len(prompts):
+        raise UserInputError(f"{where}, seed: {len(prompts)} prompts but {len(seeds)} seeds (give 1 or {len(prompts)})",
+                             field="config", value=job.path)
+
+    for key in ("steps", "guidance_scale"):
+        if job.values[key] is None:
+            raise job.fail(key, "no value given")
+    settings = {"steps": job.count("steps"), "guidance_scale": job.number("guidance_scale")}
+    keys.update(steps="steps", guidance_scale="guidance_scale", seed="seed", prompt="prompt", negative_prompt="n_prompt")
+    for key, name in (("W", "width"), ("H", "height"), ("L", "num_frames")):
+        if job.given(key):
+            settings[name] = job.count(key)
+            keys[name] = key
+    for name in overrides:  # flags given explicitly win over the recipe; errors about them name the flag
+        keys.pop(name, None)
+    settings.update(overrides)
+
+    jobs = []
+    for motion_module in job.motion_modules():
+        for prompt, negative, seed in zip(prompts, negatives, seeds):
+            job_settings = dict(settings) if "seed" in overrides else {**settings, "seed": seed}  # None: random, recorded
+            jobs.append(GenerateJob(
+                model=job_model, motion_module=_resolve(motion_module, recipe_dir) if motion_module else None,
+                prompt=prompt, negative_prompt=negative, loras=list(loras), motion_loras=list(motion_loras), adapter=adapter,
+                settings=job_settings, where=where,
+                keys={**keys, **({"motion_module": "motion_module"} if motion_module else {})},
+            ))
     return jobs

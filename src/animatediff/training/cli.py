@@ -21,6 +21,9 @@ from .config import MODES, TrainConfig, load_config, shipped_recipes
 
 logger = logging.getLogger(__name__)
 
+# Errors name TrainConfig fields; every field is the option of the same name.
+FIELD_FLAGS = {"mode": "MODE", **{f.name: f"--{f.name}" for f in fields(TrainConfig) if f.name != "mode"}}
+
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -28,7 +31,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         description="Train one AnimateDiff stage. Recipes shipped: " + ", ".join(shipped_recipes()),
     )
     _add_arguments(parser)
-    parser.set_defaults(func=run_train)
+    parser.set_defaults(func=run_train, field_flags=FIELD_FLAGS)
     return parser
 
 
@@ -75,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.mode, args.config, overrides_from_args(args))
     if config.base_model is None:
-        raise UserInputError("--base_model: required (a diffusers folder or a .safetensors/.ckpt file of an SD1.5 model)")
+        raise UserInputError("required (a diffusers folder or a .safetensors/.ckpt file of an SD1.5 model)", field="base_model")
     result = train(config, resume=args.resume)
     if result.exported is not None:
         logger.info("trained weights: %s", result.exported)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_train(args)
     except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.render(FIELD_FLAGS.get(e.field))}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from ..presets import MOTION_PRESETS
 from ..components import package_data
 from ..errors import UserInputError
 from ..presets import CAMERA_MOVES
@@ -86,30 +87,38 @@ class TrainConfig:
     validation_guidance_scale: float = 8.0
 
     def validate(self) -> None:
-        def bad(key: str, why: str):
-            raise UserInputError(f"--{key}: {why}")
+        """Check every value (the one place TrainConfig is validated). Closed sets of names are matched
+        case-insensitively and stored lower-case (``V2`` -> ``v2``). Raises ``UserInputError`` naming the field."""
+
+        def bad(key: str, why: str, show_value: bool = True):
+            if show_value:
+                raise UserInputError(why, field=key, value=getattr(self, key))
+            raise UserInputError(why, field=key)
 
         if self.mode not in MODES:
-            bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+            bad("mode", f"not one of {', '.join(MODES)}")
+        if str(self.motion_preset).lower() not in MOTION_PRESETS:
+            bad("motion_preset", f"unknown motion module preset; choose one of {', '.join(MOTION_PRESETS)}")
+        self.motion_preset = self.motion_preset.lower()
         if self.mode == "motion-lora" and not self.motion_module:
-            bad("motion_module", "motion-lora trains LoRA on an existing motion module; give its file")
+            bad("motion_module", "motion-lora trains LoRA on an existing motion module; give its file", show_value=False)
         if self.camera_move is not None and self.camera_move not in CAMERA_MOVES:
-            bad("camera_move", f"{self.camera_move!r} is not one of {', '.join(CAMERA_MOVES)}")
+            bad("camera_move", f"not one of {', '.join(CAMERA_MOVES)}")
         if not 1 <= self.lora_rank <= 1024:
-            bad("lora_rank", f"{self.lora_rank} is outside 1..1024")
+            bad("lora_rank", "outside 1..1024")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            bad("mixed_precision", f"{self.mixed_precision!r} is not no, bf16 or fp16")
+            bad("mixed_precision", "not no, bf16 or fp16")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
-            bad("loss_weighting", f"{self.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+            bad("loss_weighting", f"not one of {', '.join(LOSS_WEIGHTINGS)}")
         if self.snr_gamma <= 0:
-            bad("snr_gamma", f"{self.snr_gamma} must be > 0")
+            bad("snr_gamma", "must be > 0")
         if not 0.0 <= self.caption_dropout <= 1.0:
-            bad("caption_dropout", f"{self.caption_dropout} is outside [0, 1]")
+            bad("caption_dropout", "outside [0, 1]")
         for key in ("num_frames", "stride", "size", "batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
             if getattr(self, key) < 1:
-                bad(key, f"{getattr(self, key)} must be >= 1")
+                bad(key, "must be >= 1")
         if self.image_folder is None and self.caption_file is None and self.video_folder is None:
-            bad("video_folder", "no training data given (video_folder/caption_file, or image_folder)")
+            bad("video_folder", "no training data given (video_folder/caption_file, or image_folder)", show_value=False)
 
     @property
     def lora_scale(self) -> float:
@@ -198,5 +207,10 @@ def load_config(mode: str, recipe: str | None = None, overrides: dict | None = N
             raise UserInputError(f"--{key}: unknown option")
         values[key] = coerce(key, value, f"--{key}")
     config = TrainConfig(**values)
-    config.validate()
+    try:
+        config.validate()
+    except UserInputError as e:
+        if recipe is not None and e.field in data and e.field not in (overrides or {}):
+            raise UserInputError(e.render(f"{path}: {e.field}")) from None  # the recipe's value: name the file
+        raise
     return config
