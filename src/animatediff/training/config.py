@@ -48,7 +48,7 @@ class TrainConfig:
     hflip: bool = False
     caption_dropout: float = 0.1  # fraction of empty captions (classifier-free guidance)
     camera_move: str | None = None  # motion-lora augmentation: one of CAMERA_MOVES
-    camera_move_strength: float = 0.25  # synthetic.camera_move's strength, in [0, 1)
+    camera_move_strength: float = 0.25  # training.augment.camera_move's strength, in [0, 1)
     num_workers: int = 2
     # ---- optimisation -------------------------------------------------------------------------------
     max_train_steps: int = 100_000
