@@ -59,39 +59,40 @@ def generation_defaults() -> dict:
     return dict(metadata()["generation_defaults"])
 
 
-def _bundled(option: str, name: str, relative: str) -> str:
+def _bundled(field: str, name: str, relative: str) -> str:
     path = demo_root() / relative
     if not path.exists():
-        raise UserInputError(f"{option} {name}: bundled file {path} is missing; run `make demo-model`")
+        raise UserInputError(f"bundled file {path} is missing; run `make demo-model`", field=field, value=name)
     return str(path)
 
 
-def _resolve(option: str, names: tuple[str, ...], relative: str, name: str) -> str:
-    """A bundled ``name`` -> its file (``relative`` may use ``{name}``); an existing path or unknown name is kept."""
+def _resolve(field: str, names: tuple[str, ...], relative: str, name: str) -> str:
+    """A bundled ``name`` -> its file (``relative`` may use ``{name}``); an existing path or unknown name is kept.
+    ``field``: the config field the name came from, for errors."""
     if Path(name).expanduser().exists() or name not in names:
         return name
-    return _bundled(option, name, relative.format(name=name))
+    return _bundled(field, name, relative.format(name=name))
 
 
 def model_path(name: str) -> str:
     """``base`` / ``personal`` -> the bundled diffusers folder; anything else is returned unchanged."""
-    return _resolve("--model", MODELS, "{name}", name)
+    return _resolve("model", MODELS, "{name}", name)
 
 
 def motion_module_path(name: str) -> str:
-    return _resolve("--motion-module", MOTION_MODULES, "motion_module.safetensors", name)
+    return _resolve("motion_module", MOTION_MODULES, "motion_module.safetensors", name)
 
 
 def lora_path(name: str) -> str:
-    return _resolve("--lora", LORAS, "{name}.safetensors", name)
+    return _resolve("loras", LORAS, "{name}.safetensors", name)
 
 
 def adapter_path(name: str) -> str:
-    return _resolve("--adapter", ADAPTERS, "domain_adapter.safetensors", name)
+    return _resolve("adapter", ADAPTERS, "domain_adapter.safetensors", name)
 
 
 def motion_lora_path(name: str) -> str:
-    return _resolve("--motion-lora", CAMERA_MOVES, "motion_loras/{name}.safetensors", name)
+    return _resolve("motion_loras", CAMERA_MOVES, "motion_loras/{name}.safetensors", name)
 
 
 @dataclass
@@ -111,14 +112,14 @@ def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras
     motion module unless one is given, and its 64x64 / 16-frame defaults. Paths pass through unchanged."""
     bundled_model = model is None or (model in MODELS and not Path(model).expanduser().exists())
     if model is None and not is_available():
-        raise UserInputError("--model: required (the bundled demo model is not installed; run `make demo-model`)")
+        raise UserInputError("required (the bundled demo model is not installed; run `make demo-model`)", field="model")
     resolved = Resolved(
-        model=model_path(model) if model else _bundled("--model", "base", "base"),
+        model=model_path(model) if model else _bundled("model", "base", "base"),
         motion_module=motion_module_path(motion_module) if motion_module else None,
     )
     resolved.loras, resolved.motion_loras, resolved.adapter = resolve_addons(loras, motion_loras, adapter)
     if bundled_model:
-        resolved.motion_module = resolved.motion_module or _bundled("--motion-module", "demo", "motion_module.safetensors")
+        resolved.motion_module = resolved.motion_module or _bundled("motion_module", "demo", "motion_module.safetensors")
         resolved.defaults = generation_defaults()
         _one_thread()
     return resolved

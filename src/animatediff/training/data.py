@@ -49,7 +49,7 @@ def read_caption_file(caption_file: str | Path, video_folder: str | Path | None)
     """Rows of a WebVid CSV (videoid, name), or a CSV/JSONL of (path, caption)."""
     path = Path(caption_file)
     if not path.is_file():
-        raise UserInputError(f"--caption_file {path}: no such file")
+        raise UserInputError("no such file", field="caption_file", value=path)
     folder = Path(video_folder) if video_folder else path.parent
     if path.suffix.lower() == ".jsonl":
         rows = []
@@ -77,7 +77,7 @@ def read_caption_file(caption_file: str | Path, video_folder: str | Path | None)
 def list_image_folder(folder: str | Path) -> list[Item]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserInputError(f"--image_folder {folder}: no such folder")
+        raise UserInputError("no such folder", field="image_folder", value=folder)
     items = []
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -182,20 +182,21 @@ def build_dataset(config: TrainConfig) -> ClipDataset:
     num_frames = config.frames_per_sample
     if config.image_folder is not None:
         items = list_image_folder(config.image_folder)
-        where = f"--image_folder {config.image_folder}"
+        where = ("image_folder", config.image_folder)
     elif config.caption_file is not None:
         items = read_caption_file(config.caption_file, config.video_folder)
-        where = f"--caption_file {config.caption_file}"
+        where = ("caption_file", config.caption_file)
     else:
         folder = Path(config.video_folder)
         if not folder.is_dir():
-            raise UserInputError(f"--video_folder {folder}: no such folder")
+            raise UserInputError("no such folder", field="video_folder", value=folder)
         items = [Item(p, p.stem.replace("_", " ")) for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
-        where = f"--video_folder {folder}"
+        where = ("video_folder", folder)
         logger.info("no caption file: using file names as captions")
     items = probe(items, min_frames=num_frames)
     if not items:
-        raise UserInputError(f"{where}: no usable video or image (all missing, unreadable or shorter than {num_frames} frames)")
+        raise UserInputError(f"no usable video or image (all missing, unreadable or shorter than {num_frames} frames)",
+                             field=where[0], value=where[1])
     logger.info("training data: %d usable files", len(items))
     return ClipDataset(items, config, num_frames)
 

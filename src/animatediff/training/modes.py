@@ -123,7 +123,7 @@ def merge_domain_adapter(base: BaseModel, path: str) -> None:
 def build(config: TrainConfig, base: BaseModel, motion: MotionModules | None = None) -> Setup:
     """Freeze everything, then build the mode's trainable parameters and the denoiser around them."""
     if base.is_sdxl:
-        raise UserInputError(f"--base_model {base.source}: training supports SD1.5 bases only (SDXL is not implemented)")
+        raise UserInputError("training supports SD1.5 bases only (SDXL is not implemented)", field="base_model", value=base.source)
     for module in base.text_encoders + [base.vae, base.unet]:
         module.requires_grad_(False)
     lora = None
@@ -142,7 +142,7 @@ def build(config: TrainConfig, base: BaseModel, motion: MotionModules | None = N
         try:
             denoiser = AnimateDiffUNet(base.unet, motion)
         except ValueError as e:
-            raise UserInputError(f"--motion_module: {e}") from None
+            raise UserInputError(str(e), field="motion_module") from None
         if config.mode == "motion-module":
             trainable = motion
         else:
