@@ -1,22 +1,30 @@
 """AnimateDiff: animate personalised Stable Diffusion models with a plug-in motion module.
 
-Public API (see README): ``Animator`` (load once, generate many times), and the pieces it is built from."""
+Public API (see README): ``Animator`` (load once, generate many times), and the pieces it is built from.
+The names are imported on first use (PEP 562), so ``import animatediff.cli`` does not pay for torch and diffusers
+before the command line has checked its arguments."""
 
-from .api import Animator
-from .components import BaseModel
-from .errors import UserInputError
-from .inflation import AnimateDiffUNet
-from .weights.load import load_base_model, load_motion_modules
-from .weights.lora import apply_domain_adapter, apply_lora, apply_motion_lora
-from .motion_module import MotionModules
-from .generation.config import GenerationConfig
-from .generation.pipeline import AnimationPipeline, GenerationResult
-from .presets import MOTION_PRESETS, MotionModuleConfig, get_preset
-from .video_io import read_frames, save_video
+from importlib import import_module
 
-__all__ = [
-    "Animator", "AnimationPipeline", "AnimateDiffUNet", "BaseModel", "GenerationConfig", "GenerationResult",
-    "MotionModules", "MotionModuleConfig", "MOTION_PRESETS", "UserInputError", "apply_domain_adapter", "apply_lora",
-    "apply_motion_lora", "get_preset", "load_base_model", "load_motion_modules", "read_frames", "save_video",
-]
+_EXPORTS = {
+    "Animator": "api", "BaseModel": "components", "UserInputError": "errors", "AnimateDiffUNet": "inflation",
+    "load_base_model": "weights.load", "load_motion_modules": "weights.load", "apply_domain_adapter": "weights.lora",
+    "apply_lora": "weights.lora", "apply_motion_lora": "weights.lora", "MotionModules": "motion_module",
+    "GenerationConfig": "generation.config", "AnimationPipeline": "generation.pipeline",
+    "GenerationResult": "generation.pipeline", "MOTION_PRESETS": "presets", "MotionModuleConfig": "presets",
+    "get_preset": "presets", "read_frames": "video_io", "save_video": "video_io",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'animatediff' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # next time without __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -152,7 +152,7 @@ def _progress_bar(steps: int, label: str):
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .generation.pipeline import GenerationConfig
+    from .generation.config import GenerationConfig
     from .recipes import GenerateJob, load_official_recipe, slug
     from .video_io import check_output
 
@@ -220,6 +220,7 @@ def _named_in_recipe(job, recipe: str | None):
 
 
 def _run_jobs(jobs, configs, args, device: str) -> int:
+    _quiet_third_party()
     from .api import Animator
 
     dtype = _dtype(args.dtype, device)
@@ -298,12 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_third_party() -> None:
-    """diffusers/transformers print their own loading bars and warnings; ours are enough."""
+def _quiet_third_party(now: bool = True) -> None:
+    """diffusers/transformers print their own loading bars and warnings; ours are enough.
+
+    The environment variables reach them when they are imported later; ``now`` also imports them and switches
+    them off directly (``generate`` checks its arguments and output targets first, without paying for them)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
-    # importing the package already imported diffusers/transformers, so switch them off directly too
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not now:
+        return
     import diffusers
     import transformers
 
@@ -313,10 +321,12 @@ def _quiet_third_party() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_third_party()
+    _quiet_third_party(now=False)
     args = None
     try:
         args = build_parser().parse_args(argv)
+        if args.command != "generate":  # generate does it once its checks have passed
+            _quiet_third_party()
         level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         return int(args.func(args) or 0)

@@ -14,24 +14,22 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..errors import UserInputError
 
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+# name -> (diffusers class name, solver options). Class names, not classes: the command line reads these names
+# for its choices, and importing diffusers' schedulers would add seconds to every `animatediff --help`.
+SCHEDULERS: dict[str, tuple[str, dict]] = {
     # eta is a step() argument (0 = deterministic DDIM, as in the official scripts), not a config key.
-    "ddim": (DDIMScheduler, dict(clip_sample=False, set_alpha_to_one=True)),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpm++2m": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2)),
-    "lcm": (LCMScheduler, dict(clip_sample=False)),
+    "ddim": ("DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=True)),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2)),
+    "lcm": ("LCMScheduler", dict(clip_sample=False)),
 }
 
 # The noise schedule of each model family (diffusers config keys).
@@ -101,7 +99,10 @@ def make_scheduler(name: str, preset: str = "animatediff", **overrides) -> Sched
     ``overrides`` are diffusers config keys (e.g. ``use_karras_sigmas=True``) and win over the preset."""
     check_scheduler(name)
     check_preset(preset)
-    cls, solver_options = SCHEDULERS[name]
+    import diffusers
+
+    class_name, solver_options = SCHEDULERS[name]
+    cls = getattr(diffusers, class_name)
     accepted = inspect.signature(cls.__init__).parameters
     config = {**SCHEDULER_PRESETS[preset], **solver_options}
     config = {k: v for k, v in config.items() if k in accepted}  # e.g. DPM++ has no clip_sample

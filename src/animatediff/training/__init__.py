@@ -7,7 +7,13 @@ Files: config.py (TrainConfig, recipes), data.py (videos/images, deterministic s
 modes.py (what trains per mode), loop.py (the one loop), export.py (checkpoints), cli.py.
 """
 
-from .config import MODES, TrainConfig, load_config
-from .loop import TrainResult, train
+from importlib import import_module
 
-__all__ = ["MODES", "TrainConfig", "TrainResult", "load_config", "train"]
+_EXPORTS = {"MODES": "config", "TrainConfig": "config", "load_config": "config", "TrainResult": "loop", "train": "loop"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):  # imported on first use: `animatediff --help` need not load the training loop
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'animatediff.training' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from ..presets import MOTION_PRESETS
 from ..components import package_data
 from ..errors import UserInputError
-from ..presets import CAMERA_MOVES
+from ..presets import CAMERA_MOVES, MOTION_PRESETS
 
 MODES = ("image", "domain-adapter", "motion-module", "motion-lora")
 LOSS_WEIGHTINGS = ("none", "min-snr", "truncated-snr")
