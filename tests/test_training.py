@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import os
 from pathlib import Path
@@ -334,3 +335,87 @@ def test_validation_leaves_the_base_unet_hooks_as_it_found_them(data, tmp_path):
     train(config, base=base, on_step=count_hooks)
     assert counts[0] > 0 and counts == [counts[0]] * 3, counts  # the training UNet's own hooks, no more
     assert len(list((tmp_path / "samples").glob("step-*/0-seed1.gif"))) == 3
+
+
+# ---- output_dir: never a folder or file of the user's ----------------------------------------------------
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` -> its bytes (None for a folder): compare before and after."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def users_folder(folder: Path) -> Path:
+    """A folder of the user's that happens to hold names training writes (unet-final, checkpoints/step-N)."""
+    (folder / "unet-final").mkdir(parents=True)
+    (folder / "unet-final" / "config.json").write_text('{"my": "own unet"}')
+    (folder / "checkpoints" / "step-000001").mkdir(parents=True)
+    (folder / "checkpoints" / "step-000001" / "mine.txt").write_text("not a training checkpoint")
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["users folder", "a file", "parent is a file", "not writable"])
+def test_cli_refuses_an_output_dir_it_may_not_write_before_reading_data(case, tmp_path, capsys, monkeypatch):
+    """One error line naming output_dir, exit 2, nothing changed; the data and model do not exist, so the
+    check must come before either is read."""
+    out = tmp_path / "out"
+    if case == "users folder":
+        users_folder(out)
+    elif case == "a file":
+        out.write_text("a file of mine")
+    elif case == "parent is a file":
+        (tmp_path / "file").write_text("a file of mine")
+        out = tmp_path / "file" / "out"
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+        if os.geteuid() == 0:  # root writes anywhere: let os.access answer as it would for a user
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != out and real_access(p, mode, **kw))
+    before = tree(tmp_path)
+    argv = ["motion-module", "--config", "tiny-motion-module", "--base_model", str(tmp_path / "no-model"),
+            "--caption_file", str(tmp_path / "no-captions.csv"), "--output_dir", str(out)]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"error: (--)?output_dir ", err[0]) and str(out) in err[0], err
+    assert tree(tmp_path) == before
+
+
+def test_a_users_unet_final_survives_training_and_overwrite(data, tmp_path):
+    """The defect: image mode deleted OUTPUT_DIR/unet-final whatever it was. Now a user's folder is refused,
+    and overwrite writes this run's files next to the user's without removing or changing any of them."""
+    out = users_folder(tmp_path / "out")
+    before = tree(out)
+    with pytest.raises(UserInputError, match="output_dir") as e:
+        train(make_config("image", data, out), base=tiny_base_model())
+    assert e.value.field == "output_dir" and "notes.txt" in str(e.value)
+    assert tree(out) == before
+    with pytest.raises(UserInputError, match="unet-final"):  # overwrite still never removes a folder of the user's
+        train(make_config("image", data, out, overwrite=True), base=tiny_base_model())
+    assert tree(out) == before
+
+    shutil.rmtree(out / "unet-final")  # the user moves their folders away: overwrite writes next to the rest
+    shutil.rmtree(out / "checkpoints" / "step-000001")
+    (out / "checkpoints" / "step-old").mkdir()
+    (out / "checkpoints" / "step-old" / "mine.txt").write_text("a folder named like a checkpoint")
+    before = tree(out)
+    result = train(make_config("motion-module", data, out, overwrite=True, checkpoints_total_limit=1), base=tiny_base_model())
+    assert result.exported == out / "motion-module-final.safetensors" and result.exported.is_file()
+    after = tree(out)
+    assert {k: after.get(k) for k in before} == before  # checkpoints/step-old is not ours: not pruned
+
+
+def test_runs_into_their_own_folder_replace_only_their_files(data, tmp_path):
+    """A second run into a folder training made (also one made before the marker existed) needs no overwrite;
+    it replaces its checkpoint at the same step and its unet-final, and leaves a file the user added alone."""
+    out = tmp_path / "out"
+    first = train(make_config("image", data, out), base=tiny_base_model())
+    (out / "my-notes.txt").write_text("kept")
+    second = train(make_config("image", data, out, seed=7), base=tiny_base_model())
+    assert first.losses != second.losses and (out / "my-notes.txt").read_text() == "kept"
+    exported = load_file(str(second.exported / "diffusion_pytorch_model.safetensors"))
+    saved = load_file(str(out / "checkpoints" / "step-000002" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(exported[k], saved[k]) for k in saved)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary folders left
+    for marker in out.glob("*.json"):  # a folder from before the marker: recognised by latest + its checkpoint
+        marker.unlink()
+    train(make_config("image", data, out), base=tiny_base_model())

@@ -200,6 +200,10 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, field: str = 
                     f"the folder exists and holds {len(foreign)} entries that are not frames written by animatediff "
                     f"({examples}); choose a new name, or overwrite to replace only its frame_NNNN.png and "
                     f"{SIDECAR_IN_FOLDER} (nothing else is touched)", field=field, value=path)
+            taken = sorted(p.name for p in path.iterdir() if _is_ours_in_folder(p.name) and not p.is_file())
+            if taken:  # overwrite replaces our files by name, never a folder of the user's under such a name
+                raise UserInputError(f"{', '.join(taken[:3])} in the folder: not a file, and overwrite never replaces a "
+                                     "folder; move it away or choose a new name (nothing was written)", field=field, value=path)
         return path
     check_file_target(path, lambda p: _has_signature(p, fmt), f"a {_KIND_NAMES[fmt]} file", overwrite, field)
     check_file_target(sidecar_path(path), _is_our_sidecar, "an animatediff settings sidecar", overwrite, field, value=path)

@@ -44,8 +44,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "mode":
             continue
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        nargs = "+" if f.name in ("validation_prompts", "validation_seeds") else None
-        group.add_argument(*flags, dest=f"override_{f.name}", metavar="VALUE", nargs=nargs, default=None)
+        nargs = "+" if f.name in ("validation_prompts", "validation_seeds") else "?" if f.type in (bool, "bool") else None
+        bare = {"const": "true"} if nargs == "?" else {}  # a bare bool switch (--overwrite) means true
+        group.add_argument(*flags, dest=f"override_{f.name}", metavar="VALUE", nargs=nargs, default=None, **bare)
 
 
 def _parse_value(text: str):

@@ -72,7 +72,8 @@ class TrainConfig:
     loss_weighting: str = "none"  # none (official Eq. 7) | min-snr | truncated-snr: per-timestep loss weights (loop.loss_weights)
     snr_gamma: float = 5.0  # min-snr's gamma; truncated-snr's cap on the weight
     # ---- outputs ------------------------------------------------------------------------------------
-    output_dir: str = "outputs/train"
+    output_dir: str = "outputs/train"  # new, empty, or an earlier training output (export.check_output_dir)
+    overwrite: bool = False  # also write into another non-empty folder (only training's own file names are replaced)
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3  # keep the newest N step checkpoints (None: keep all)
     export_pos_encoding: bool = True  # write pos_encoder.pe buffers so release-era official loaders accept the file

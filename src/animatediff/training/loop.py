@@ -229,9 +229,11 @@ def train(
     """Train ``config.mode`` for ``config.max_train_steps`` steps (or until SIGINT/SIGTERM); returns the losses."""
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    output_dir = Path(config.output_dir)
+    # every process looks before any data or model is read, and before the main process writes anything
+    output_dir = export.check_output_dir(config.output_dir, config.overwrite)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        export.claim_output_dir(output_dir)
 
     dataset = build_dataset(config)  # validates the data before any model is loaded
     base = base if base is not None else load_base(config.base_model)
