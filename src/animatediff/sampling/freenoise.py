@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import torch
 
 from ..errors import UserInputError
@@ -97,9 +95,6 @@ def fuse_weights(length: int, method: str) -> torch.Tensor:
 # ---- end of the stand-in -----------------------------------------------------------------------------
 
 
-View = tuple[Sequence[int], torch.Tensor]  # (frame indices, fuse weight per position)
-
-
 class ViewPlan:
     """The view windows handed to the motion modules: ``plan(num_frames) -> [(frame indices, weights), ...]``.
 
@@ -110,6 +105,7 @@ class ViewPlan:
     def __init__(self, schedule: str, length: int, overlap: int, fuse: str):
         self.schedule, self.length, self.overlap, self.fuse = schedule, length, overlap, fuse
         self.step = 0
+        self._cache: dict[tuple[int, int], list | None] = {}  # (num_frames, step) -> views: every motion module asks
 
     @classmethod
     def from_fields(cls, config) -> "ViewPlan | None":
@@ -118,10 +114,12 @@ class ViewPlan:
             return None
         return cls(config.view_context, config.view_length, config.view_overlap, config.view_fuse)
 
-    def __call__(self, num_frames: int) -> list[View] | None:
-        if num_frames <= self.length:
-            return None  # one window of all frames: the plain motion module
-        return [(w, fuse_weights(len(w), self.fuse)) for w in windows(num_frames, self.length, self.overlap, self.schedule, self.step)]
+    def __call__(self, num_frames: int) -> list[tuple[list[int], torch.Tensor]] | None:
+        key = (num_frames, self.step)
+        if key not in self._cache:  # None: one window of all frames, i.e. the plain motion module
+            found = windows(num_frames, self.length, self.overlap, self.schedule, self.step)
+            self._cache[key] = None if len(found) == 1 else [(w, fuse_weights(len(w), self.fuse)) for w in found]
+        return self._cache[key]
 
     def track(self, denoiser: Denoiser, scheduler) -> Denoiser:
         def tracked(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
