@@ -36,6 +36,9 @@ FIELD_FLAGS = {
     "model": "--model", "model_config": "--model-config", "motion_module": "--motion-module",
     "motion_preset": "--motion-preset", "max_frames": "--max-frames", "loras": "--lora", "motion_loras": "--motion-lora",
     "adapter": "--adapter", "device": "--device", "dtype": "--dtype", "config": "--config",
+    "noise_type": "--noise-type", "freeinit_iterations": "--freeinit-iterations", "freeinit_filter": "--freeinit-filter",
+    "freeinit_spatial": "--freeinit-spatial", "freeinit_temporal": "--freeinit-temporal", "freeinit_fast": "--freeinit-fast",
+    "view_context": "--view-context", "view_length": "--view-length", "view_overlap": "--view-overlap", "view_fuse": "--view-fuse",
 }
 
 
@@ -131,6 +134,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
         "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
     }
     settings = {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
+    settings.update({field: getattr(args, field) for field in FREENOISE_FREEINIT_FIELDS if getattr(args, field, None) is not None})
     if settings.get("seed") == -1:
         settings["seed"] = None  # -1: a fresh random seed, recorded in the sidecar (also over a recipe's seeds)
     return settings
@@ -288,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default auto: cuda if available, else cpu)")
     gen.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES, help=", ".join(DTYPES) + " (auto: float16 on CUDA)")
+    add_freenoise_freeinit_args(gen)
     gen.set_defaults(func=run_generate)
 
     ins = sub.add_parser("inspect", help="say what a model file is")
@@ -337,6 +342,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# ---- FreeNoise, view windows, FreeInit (sampling/freenoise.py, sampling/freeinit.py) ------------------------
+FREENOISE_FREEINIT_FIELDS = ("noise_type", "view_context", "view_length", "view_overlap", "view_fuse", "freeinit_iterations",
+                             "freeinit_filter", "freeinit_spatial", "freeinit_temporal", "freeinit_fast")
+
+
+def add_freenoise_freeinit_args(gen: argparse.ArgumentParser) -> None:
+    """``generate`` flags for FreeNoise noise, view windows and FreeInit; each flag's dest is its GenerationConfig field."""
+    from .sampling.freeinit import FILTERS
+    from .sampling.freenoise import FUSE_METHODS, NOISE_TYPES, VIEW_SCHEDULES
+
+    group = gen.add_argument_group("FreeNoise, view windows, FreeInit")
+    group.add_argument("--noise-type", dest="noise_type", type=str.lower, choices=NOISE_TYPES, metavar="NAME",
+                       help="initial noise over context windows: plain (default), random (= plain), shuffle (FreeNoise: each "
+                            "hop reuses earlier noise, locally shuffled), repeat (the first window's noise tiled)")
+    group.add_argument("--view-context", dest="view_context", type=str.lower, choices=VIEW_SCHEDULES, metavar="NAME",
+                       help=f"{', '.join(VIEW_SCHEDULES)}: run every motion module in windows of frames fused per frame "
+                            "(spatial layers see all frames; default none)")
+    group.add_argument("--view-length", dest="view_length", type=int, help="frames per view window (default 16)")
+    group.add_argument("--view-overlap", dest="view_overlap", type=int, help="frames shared by neighbouring views (default 4)")
+    group.add_argument("--view-fuse", dest="view_fuse", type=str.lower, choices=FUSE_METHODS, metavar="NAME",
+                       help=f"{', '.join(FUSE_METHODS)}: how overlapping views are weighted (default pyramid)")
+    group.add_argument("--freeinit-iterations", dest="freeinit_iterations", type=int, metavar="K",
+                       help="FreeInit: K sampling passes, each re-noising the last result's low frequencies (1 = plain; "
+                            "typical 3; K times slower)")
+    group.add_argument("--freeinit-filter", dest="freeinit_filter", type=str.lower, choices=FILTERS, metavar="NAME",
+                       help=f"{', '.join(FILTERS)}: FreeInit's low-pass filter (default butterworth, order 4)")
+    group.add_argument("--freeinit-spatial", dest="freeinit_spatial", type=float, help="spatial stop frequency, 0..1 (default 0.25)")
+    group.add_argument("--freeinit-temporal", dest="freeinit_temporal", type=float, help="temporal stop frequency, 0..1 (default 0.25)")
+    group.add_argument("--freeinit-fast", dest="freeinit_fast", action="store_true", default=None,
+                       help="coarse-to-fine: fewer steps in the early FreeInit iterations")
 
 
 if __name__ == "__main__":

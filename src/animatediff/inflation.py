@@ -14,6 +14,7 @@ any personalised SD1.5/SDXL UNet can be loaded over it at any time.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,16 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from .motion_module import MotionModules, VanillaTemporalModule
+from .motion_module import MotionModules, VanillaTemporalModule, View
 
 
 class FrameContext:
-    """How many frames are folded into the batch during the current forward (None = plain 2-D call)."""
+    """How many frames are folded into the batch during the current forward (None = plain 2-D call), and
+    the view windows the motion modules run in (``views(num_frames) -> [(frame indices, weights), ...]`` or
+    None; see ``AnimateDiffUNet.views``)."""
 
     num_frames: int | None = None
+    views: Callable[[int], Sequence[View] | None] | None = None
 
 
 class AcrossFramesGroupNorm(nn.GroupNorm):
@@ -105,9 +109,10 @@ class AnimateDiffUNet(nn.Module):
         def hook(_layer, _inputs, output):
             if context.num_frames is None:  # a plain 2-D call of the UNet: leave it untouched
                 return output
+            views = context.views(context.num_frames) if context.views is not None else None
             if isinstance(output, tuple):  # Transformer2DModel(return_dict=False) returns (sample,)
-                return (module(output[0], context.num_frames), *output[1:])
-            return module(output, context.num_frames)
+                return (module(output[0], context.num_frames, views), *output[1:])
+            return module(output, context.num_frames, views)
 
         return hook
 
@@ -131,6 +136,17 @@ class AnimateDiffUNet(nn.Module):
         finally:
             self.context.num_frames = previous
 
+    @contextmanager
+    def views(self, plan: Callable[[int], Sequence[View] | None] | None):
+        """Run the motion modules in view windows during the block: ``plan(num_frames)`` gives the windows of
+        frame indices and their fuse weights (None: all frames at once). The spatial layers still see every
+        frame; each motion module sees one window at a time (so a clip may exceed the position encoding)."""
+        previous, self.context.views = self.context.views, plan
+        try:
+            yield
+        finally:
+            self.context.views = previous
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -144,7 +160,7 @@ class AnimateDiffUNet(nn.Module):
         ``(b f, tokens, dim)`` (per frame, e.g. prompt travel); ControlNet residuals per frame ``(b f) ...``."""
         b, c, f, h, w = sample.shape
         max_frames = self.motion.max_frames if self.motion is not None else None
-        if max_frames is not None and f > max_frames:
+        if max_frames is not None and f > max_frames and self.context.views is None:  # views: checked per window
             raise ValueError(f"{f} frames exceed the motion module's position encoding length {max_frames}")
         x = sample.transpose(1, 2).reshape(b * f, c, h, w)  # b c f h w -> (b f) c h w
         timestep = torch.as_tensor(timestep, device=sample.device)

@@ -12,6 +12,7 @@ attention runs on sequences of frames, ``(b h w) f c``.
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,10 +143,41 @@ class VanillaTemporalModule(nn.Module):
         # layers our hooks follow, so the motion modules need their own switch.
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, num_frames: int, views: Sequence[View] | None = None) -> torch.Tensor:
+        """``hidden_states`` ``(b f) c h w``. ``views``: windows of frame indices with per-position fuse weights;
+        the module then runs on each window alone and every frame gets the weighted mean of its windows'
+        outputs (FreeNoise's window fusion, ADE's view options). None: all frames at once."""
+        if views:
+            return fuse_views(self._forward, hidden_states, num_frames, views)
+        return self._forward(hidden_states, num_frames)
+
+    def _forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self.temporal_transformer, hidden_states, num_frames, use_reentrant=False)
         return self.temporal_transformer(hidden_states, num_frames)
+
+
+View = tuple[Sequence[int], torch.Tensor]  # (frame indices, fuse weight per position)
+
+
+def fuse_views(module: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, num_frames: int,
+               views: Sequence[View]) -> torch.Tensor:
+    """Run ``module(x, f)`` (``x`` ``(b f) c h w``) on each view's frames and fuse per frame:
+    ``out[i] = sum_k w_k(i) module(x[view_k])[i] / sum_k w_k(i)``. Every frame must be in some view."""
+    bf, c, h, w = x.shape
+    b = bf // num_frames
+    frames = x.view(b, num_frames, c, h, w)
+    out = torch.zeros_like(frames)
+    total = torch.zeros(num_frames, dtype=x.dtype, device=x.device)
+    for indices, weights in views:
+        index = torch.as_tensor(indices, dtype=torch.long, device=x.device)
+        weights = weights.to(device=x.device, dtype=x.dtype)
+        y = module(frames[:, index].reshape(b * len(index), c, h, w), len(index))  # the view alone: (b v) c h w
+        out.index_add_(1, index, y.view(b, len(index), c, h, w) * weights.view(1, -1, 1, 1, 1))
+        total.index_add_(0, index, weights)
+    if not bool((total > 0).all()):
+        raise ValueError("view windows leave frames uncovered")
+    return (out / total.view(1, -1, 1, 1, 1)).view(bf, c, h, w)
 
 
 class _BlockMotionModules(nn.Module):

@@ -33,6 +33,13 @@ READ_KEYS = {
     "lora_model_path", "lora_alpha", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
     "path", "base",  # July 2023
 }
+# GenerationConfig fields a job may carry (extensions of the official format), key -> kind (_Job.typed).
+FREENOISE_FREEINIT_KEYS = {  # FreeNoise, view windows, FreeInit
+    "noise_type": "name", "view_context": "name", "view_length": "count", "view_overlap": "whole", "view_fuse": "name",
+    "freeinit_iterations": "count", "freeinit_filter": "name", "freeinit_spatial": "number", "freeinit_temporal": "number",
+    "freeinit_fast": "flag",
+}
+READ_KEYS |= set(FREENOISE_FREEINIT_KEYS)
 # Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
 # one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
 UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
@@ -114,6 +121,24 @@ class _Job:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.fail(key, "expected a positive whole number")
+        return value
+
+    def typed(self, key: str, kind: str):
+        """A GenerationConfig field: ``name`` (text, lower-cased), ``count`` (whole >= 1), ``whole`` (>= 0),
+        ``number`` or ``flag`` (true/false); ranges and choices are checked by the library."""
+        value = self.values[key]
+        if kind == "name":
+            if not isinstance(value, str):
+                raise self.fail(key, "expected a name")
+            return value.strip().lower()
+        if kind == "flag":
+            if not isinstance(value, bool):
+                raise self.fail(key, "expected true or false")
+            return value
+        if kind == "number":
+            return self.number(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if kind == "count" else 0):
+            raise self.fail(key, "expected a positive whole number" if kind == "count" else "expected a whole number (0 or more)")
         return value
 
     def texts(self, key: str, allow_empty: bool) -> list[str]:
@@ -297,6 +322,10 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
         if job.given(key):
             settings[name] = job.count(key)
             keys[name] = key
+    for key, kind in FREENOISE_FREEINIT_KEYS.items():
+        if job.given(key):
+            settings[key] = job.typed(key, kind)
+            keys[key] = key
     for name in overrides:  # flags given explicitly win over the recipe; errors about them name the flag
         keys.pop(name, None)
     settings.update(overrides)

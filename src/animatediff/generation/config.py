@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 
 from ..errors import UserInputError
+from ..sampling.freeinit import check_fields as check_freeinit_fields
+from ..sampling.freenoise import check_fields as check_freenoise_fields
 from ..sampling.schedulers import check_preset, check_scheduler, sampling_defaults
 
 
@@ -37,6 +39,21 @@ class GenerationConfig:
     eta: float = 0.0
     clip_skip: int | None = None  # 1 = penultimate CLIP layer (diffusers convention)
     num_videos: int = 1  # clips per prompt, drawn from one generator
+
+    # ---- FreeNoise, view windows, FreeInit (sampling/freenoise.py, sampling/freeinit.py) ----
+    noise_type: str = "plain"  # plain | random (= plain) | shuffle | repeat: FreeNoise initial noise over context windows
+    view_context: str = "none"  # none | static | uniform | looped | batched: motion modules run in windows of frames
+    view_length: int = 16  # frames per view window
+    view_overlap: int = 4  # frames shared by neighbouring view windows
+    view_fuse: str = "pyramid"  # pyramid | flat | gauss | relative: per-frame weights across view windows
+    freeinit_iterations: int | None = None  # None: off; 1 = plain sampling; K: K sampling passes
+    freeinit_filter: str = "butterworth"  # butterworth (order 4) | gaussian | ideal | box
+    freeinit_spatial: float = 0.25  # spatial stop frequency (fraction of Nyquist)
+    freeinit_temporal: float = 0.25  # temporal stop frequency (fraction of Nyquist)
+    freeinit_fast: bool = False  # coarse-to-fine: fewer steps in the early iterations
+    # Context windows' own fields (helper G adds them with sampling/context.py; here for FreeNoise's noise until merged).
+    context_length: int = 16
+    context_overlap: int = 4
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -80,7 +97,7 @@ class GenerationConfig:
             value = getattr(self, name)
             require(name, value >= factor and value % factor == 0, f"must be a positive multiple of {factor}")
         at_least("num_frames", 1)
-        if max_frames is not None:
+        if max_frames is not None and self.view_context == "none":  # view windows: view_length is checked instead
             owner = f"the {motion_name} motion module's" if motion_name else "the motion module's"
             require("num_frames", self.num_frames <= max_frames,
                     f"exceeds {owner} position-encoding length {max_frames} (use max_frames to extend it)")
@@ -93,3 +110,5 @@ class GenerationConfig:
             check_scheduler(self.scheduler)
         if self.scheduler_preset is not None:
             check_preset(self.scheduler_preset)
+        check_freenoise_fields(self, max_frames)
+        check_freeinit_fields(self)

@@ -24,7 +24,9 @@ from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
 from ..motion_module import MotionModules
 from ..sampling.guidance import ClassifierFreeGuidance
-from ..sampling.loop import Progress, sample
+from ..sampling.freeinit import FreeInit, sample_freeinit
+from ..sampling.freenoise import ViewPlan, reschedule_noise
+from ..sampling.loop import Progress
 from ..sampling.schedulers import make_scheduler
 from . import vae as vae_io
 from .conditioning import encode_conditioning
@@ -127,13 +129,18 @@ class AnimationPipeline:
 
         generator = torch.Generator("cpu").manual_seed(config.seed)  # latents first, then any step noise
         latents = self.prepare_latents(config, latents, generator)
+        latents = reschedule_noise(latents, config.noise_type, config.context_length, config.context_overlap, config.seed)
         cond, uncond = encode_conditioning(self.base, config, self.unet.device, self.unet.dtype)
         timings["text"] = time.perf_counter() - start
 
         tick = time.perf_counter()
         scheduler = make_scheduler(config.scheduler, config.scheduler_preset, prediction_type=self.base.prediction_type)
         denoiser = ClassifierFreeGuidance(self.denoiser, cond, uncond, config.guidance_scale)
-        latents = sample(denoiser, scheduler, latents, config.steps, generator=generator, eta=config.eta, progress=progress)
+        views = ViewPlan.from_fields(config)  # None: the motion modules see all frames at once
+        with self.unet.views(views):
+            denoiser = views.track(denoiser, scheduler) if views is not None else denoiser
+            latents = sample_freeinit(denoiser, scheduler, latents, config.steps, FreeInit.from_fields(config),
+                                      generator=generator, eta=config.eta, progress=progress)
         timings["denoise"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
