@@ -33,6 +33,11 @@ READ_KEYS = {
     "lora_model_path", "lora_alpha", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
     "path", "base",  # July 2023
 }
+# Our extension: GenerationConfig fields a job may carry by name, with their YAML type (ranges are the library's).
+FIELD_KEYS = {"context": str, "context_length": int, "context_overlap": int, "context_stride": int,
+              "context_fuse": str, "closed_loop": bool, "context_batch": int}  # context windows
+READ_KEYS |= set(FIELD_KEYS)
+_TYPE_NAMES = {str: "text", int: "a whole number", bool: "true or false"}
 # Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
 # one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
 UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
@@ -130,6 +135,13 @@ class _Job:
             if not allow_empty and not item.strip():
                 raise self.fail(f"{key}[{i}]" if isinstance(value, list) else key, "empty prompt", item)
         return items
+
+    def typed(self, key: str, kind: type):
+        """A value of one YAML type (true/false is not a whole number); text is lower-cased, like the flags."""
+        value = self.values[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise self.fail(key, f"expected {_TYPE_NAMES[kind]}")
+        return value.strip().lower() if kind is str else value
 
     def seeds(self) -> list[int | None]:
         """Seeds as ints; -1 (a fresh random seed) becomes None. Default: one random seed."""
@@ -297,6 +309,9 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
         if job.given(key):
             settings[name] = job.count(key)
             keys[name] = key
+    for key, kind in FIELD_KEYS.items():
+        if job.given(key):
+            settings[key], keys[key] = job.typed(key, kind), key
     for name in overrides:  # flags given explicitly win over the recipe; errors about them name the flag
         keys.pop(name, None)
     settings.update(overrides)

@@ -23,11 +23,12 @@ from ..components import BaseModel
 from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
 from ..motion_module import MotionModules
+from ..sampling.context import resolve_context, with_context
 from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import make_scheduler
 from . import vae as vae_io
-from .conditioning import encode_conditioning
+from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
 
@@ -123,6 +124,7 @@ class AnimationPipeline:
         """Generate ``config.num_videos`` clips. ``progress(step, total)`` is called after every denoising step."""
         config = config.resolved(self.default_scheduler_preset)
         self.validate(config)
+        config = resolve_context(config, self.motion)  # context None -> what runs (logged when windows turn on)
         timings, start = {}, time.perf_counter()
 
         generator = torch.Generator("cpu").manual_seed(config.seed)  # latents first, then any step noise
@@ -132,7 +134,8 @@ class AnimationPipeline:
 
         tick = time.perf_counter()
         scheduler = make_scheduler(config.scheduler, config.scheduler_preset, prediction_type=self.base.prediction_type)
-        denoiser = ClassifierFreeGuidance(self.denoiser, cond, uncond, config.guidance_scale)
+        model = with_context(self.denoiser, config, PER_CLIP_NDIM)  # windows of frames, under CFG
+        denoiser = ClassifierFreeGuidance(model, cond, uncond, config.guidance_scale)
         latents = sample(denoiser, scheduler, latents, config.steps, generator=generator, eta=config.eta, progress=progress)
         timings["denoise"] = time.perf_counter() - tick
 

@@ -34,6 +34,8 @@ starts (our L - O), and the CLIs' ``-S`` is this stride minus one.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -41,7 +43,10 @@ import torch
 
 from ..errors import UserInputError
 
+logger = logging.getLogger(__name__)
+
 SCHEDULES = ("static", "uniform", "looped", "batched")
+DEFAULT_LENGTH = 16  # frames per window unless set: what AnimateDiff motion modules were trained on
 FUSE_METHODS = ("pyramid", "flat", "gauss", "relative")
 
 
@@ -144,3 +149,160 @@ def fusion_weights(windows: list[list[int]], num_frames: int, method: str = "pyr
     if bool((total == 0).any()):
         raise ValueError(f"frames {torch.nonzero(total == 0).flatten().tolist()} are in no window")
     return [weight / total[window] for window, weight in zip(windows, raw)]
+
+
+# ---- options, as GenerationConfig spells them --------------------------------------------------------
+CONTEXT_FIELDS = ("context", "context_length", "context_overlap", "context_stride", "context_fuse", "closed_loop",
+                  "context_batch")  # the GenerationConfig fields read here
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """One generation's window settings (GenerationConfig's ``context_*`` fields, checked)."""
+
+    schedule: str = "uniform"
+    length: int = 16
+    overlap: int = 4
+    stride: int = 1
+    fuse: str = "pyramid"
+    closed_loop: bool = False
+    batch: int = 1  # windows per model call, stacked on the batch axis
+
+    def windows(self, num_frames: int, step: int) -> list[list[int]]:
+        return windows(num_frames, step, self.length, self.overlap, self.schedule, self.stride, self.closed_loop)
+
+    def __str__(self) -> str:
+        extra = (f", stride {self.stride}" if self.stride > 1 else "") + (", closed loop" if self.closed_loop else "")
+        return f"{self.schedule} context windows of {self.length} frames, overlap {self.overlap}{extra}, {self.fuse} fusion"
+
+
+def context_options(config, max_frames: int | None = None, motion_name: str | None = None) -> ContextOptions | None:
+    """The windows ``config`` asks for, or None for one pass over all frames.
+
+    ``config`` has GenerationConfig's ``num_frames`` and ``CONTEXT_FIELDS``. ``context`` None is automatic:
+    ``looped`` when ``closed_loop``, else ``uniform`` when ``num_frames`` exceeds ``max_frames`` (the motion
+    module's position-encoding length; None: no limit), else one pass. ``"none"`` is always one pass.
+    ``context_length`` None is 16 (``max_frames`` if shorter), ``context_overlap`` None a quarter of the length.
+    Raises ``UserInputError`` naming the field: a value of the wrong type or out of range, an unknown schedule
+    or fuse method, ``context_overlap >= context_length``, ``context_length`` above ``max_frames`` (with windows
+    on), ``closed_loop`` with a schedule that does not loop, ``context_stride > 1`` with ``batched``."""
+
+    def require(name: str, ok: bool, detail: str) -> None:
+        if not ok:
+            raise UserInputError(detail, field=name, value=getattr(config, name))
+
+    def whole(name: str, low: int, default: int | None = None) -> int:
+        value = getattr(config, name)
+        if value is None and default is not None:
+            return default
+        require(name, isinstance(value, int) and not isinstance(value, bool), "must be a whole number")
+        require(name, value >= low, f"must be at least {low}")
+        return value
+
+    schedule = config.context
+    require("context", schedule is None or schedule in ("none", *SCHEDULES),
+            f"unknown context schedule; expected none, {', '.join(SCHEDULES)}")
+    length = whole("context_length", 1, default=min(DEFAULT_LENGTH, max_frames or DEFAULT_LENGTH))
+    overlap = whole("context_overlap", 0, default=length // 4)
+    require("context_overlap", overlap < length, f"must be less than context_length ({length})")
+    stride, batch = whole("context_stride", 1), whole("context_batch", 1)
+    require("context_fuse", config.context_fuse in FUSE_METHODS, f"unknown fuse method; expected {', '.join(FUSE_METHODS)}")
+    require("closed_loop", isinstance(config.closed_loop, bool), "must be true or false")
+    require("closed_loop", not config.closed_loop or schedule in (None, "looped"),
+            f"only the looped schedule loops (context is {schedule})")
+    require("context_stride", stride == 1 or schedule != "batched", "batched windows do not overlap; dilation needs "
+            "static, uniform or looped")
+    if schedule is None:
+        beyond = max_frames is not None and isinstance(config.num_frames, int) and config.num_frames > max_frames
+        schedule = "looped" if config.closed_loop else "uniform" if beyond else "none"
+    if schedule == "none":
+        return None
+    owner = f"the {motion_name} motion module's" if motion_name else "the motion module's"
+    require("context_length", max_frames is None or length <= max_frames,
+            f"exceeds {owner} position-encoding length {max_frames}")
+    return ContextOptions(schedule, length, overlap, stride, config.context_fuse, config.closed_loop, batch)
+
+
+def resolve_context(config, motion=None):
+    """``config`` (a dataclass, checked) with ``context`` set to what runs, ``"none"`` or the schedule, and with
+    windows the automatic length and overlap filled in (so the sidecar records them). Logs one line when the
+    automatic choice turns windows on. ``motion``: the MotionModules (None: no motion module)."""
+    max_frames, name = (motion.max_frames, motion.config.name) if motion is not None else (None, None)
+    options = context_options(config, max_frames, name)
+    if config.context is None and options is not None:
+        why = "closed_loop" if config.closed_loop else \
+            f"{config.num_frames} frames exceed the {name} motion module's position-encoding length {max_frames}"
+        logger.info("%s: denoising in %s (context none: refuse instead)", why, options)
+    if options is None:
+        return dataclasses.replace(config, context="none")
+    return dataclasses.replace(config, context=options.schedule, context_length=options.length, context_overlap=options.overlap)
+
+
+# ---- the wrapper --------------------------------------------------------------------------------------
+class ContextWindows:
+    """A conditional model ``(latents, t, cond) -> prediction`` that runs ``model`` window by window and fuses.
+
+    latents ``(batch, c, num_frames, h, w)``; ``cond`` a dict of tensors whose first axis is the batch. A tensor
+    is per frame when its ndim is one more than ``per_clip_ndim[key]`` (generation/conditioning.PER_CLIP_NDIM;
+    its frame axis is axis 1) and is sliced with the latents; other tensors (per clip: SDXL's ``time_ids`` and
+    ``text_embeds``, and keys not listed) pass to every window unchanged, as does ``t``. ``options.batch``
+    windows of equal length go through one model call, stacked on the batch axis ``(k batch, c, L, h, w)``.
+    Under ClassifierFreeGuidance the batch is already ``[uncond, cond]``: one call per window (group), not two.
+
+    The step for the moving schedules (``uniform``, ``looped``) is a counter, not a timestep table: it advances
+    whenever ``t`` differs from the previous call's, so it works with every scheduler (DDIM, Euler a, LCM ...);
+    a solver that evaluates twice per step at different ``t`` (Heun, DPM2) advances it twice, which only moves
+    the seams more often. A single window over all frames in order calls ``model`` unchanged (bit-identical)."""
+
+    def __init__(self, model, options: ContextOptions, per_clip_ndim: dict[str, int] | None = None):
+        self.model, self.options = model, options
+        self.per_clip_ndim = dict(per_clip_ndim or {})
+        self.step, self._last_t = -1, None
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        t_key = torch.as_tensor(t).flatten().tolist()
+        if t_key != self._last_t:
+            self.step, self._last_t = self.step + 1, t_key
+        num_frames = latents.shape[2]
+        found = self.options.windows(num_frames, self.step)
+        if found == [list(range(num_frames))]:
+            return self.model(latents, t, cond)
+        weights = fusion_weights(found, num_frames, self.options.fuse)
+        out = torch.zeros_like(latents)
+        for group in self._groups(found):
+            indices = [torch.tensor(found[i], device=latents.device) for i in group]
+            predictions = self._run(latents, t, cond, indices)
+            for i, index, prediction in zip(group, indices, predictions):
+                weight = weights[i].to(device=latents.device, dtype=latents.dtype).view(1, 1, -1, 1, 1)
+                out.index_add_(2, index, prediction * weight)  # out[:, :, index] += w * prediction
+        return out
+
+    def _groups(self, found: list[list[int]]) -> list[list[int]]:
+        """Window numbers in runs of at most ``batch`` consecutive windows of one length."""
+        groups: list[list[int]] = []
+        for i, window in enumerate(found):
+            if groups and len(groups[-1]) < self.options.batch and len(found[groups[-1][0]]) == len(window):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _run(self, latents, t, cond, indices: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The model on k windows at once -> k predictions ``(batch, c, len, h, w)``."""
+        batch, k = latents.shape[0], len(indices)
+        x = torch.cat([latents.index_select(2, index) for index in indices])  # (k batch, c, len, h, w)
+        sliced = {key: torch.cat([self._frames(key, value, index) for index in indices]) for key, value in cond.items()}
+        t = t.repeat(k) if torch.is_tensor(t) and t.ndim == 1 and t.numel() > 1 else t  # a per-sample t follows its batch
+        return self.model(x, t, sliced).split(batch)
+
+    def _frames(self, key: str, value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if key in self.per_clip_ndim and value.ndim == self.per_clip_ndim[key] + 1:
+            return value.index_select(1, index)  # (batch, num_frames, ...) -> (batch, len, ...)
+        return value
+
+
+def with_context(model, config, per_clip_ndim: dict[str, int] | None = None):
+    """``model`` wrapped in ContextWindows for a config resolved by ``resolve_context``; ``model`` itself when
+    its ``context`` is ``"none"``."""
+    options = context_options(config)  # max_frames was checked by resolve_context
+    return model if options is None else ContextWindows(model, options, per_clip_ndim)
