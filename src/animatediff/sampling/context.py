@@ -83,8 +83,8 @@ def windows(num_frames: int, step: int = 0, length: int = 16, overlap: int = 4, 
     """The windows of one step: lists of frame indices in 0 .. num_frames-1, each of at most ``length``.
 
     Every frame is in at least one window. ``static`` and ``batched`` give the same windows at every step;
-    ``uniform`` and ``looped`` move with ``step`` (any int >= 0: the model-evaluation counter of
-    ``ContextWindows``). Windows of ``looped`` may wrap (``[60, 61, 62, 63, 0, 1, ...]``); those of the other
+    ``uniform`` and ``looped`` move with ``step`` (any int >= 0: ``ContextWindows`` counts distinct
+    timesteps). Windows of ``looped`` may wrap (``[60, 61, 62, 63, 0, 1, ...]``); those of the other
     schedules are increasing. No window repeats. ValueError unless length >= 1, 0 <= overlap < length and
     stride >= 1; for an unknown schedule; for ``closed_loop`` with another schedule than looped; for
     ``stride > 1`` with batched."""
@@ -152,10 +152,6 @@ def fusion_weights(windows: list[list[int]], num_frames: int, method: str = "pyr
 
 
 # ---- options, as GenerationConfig spells them --------------------------------------------------------
-CONTEXT_FIELDS = ("context", "context_length", "context_overlap", "context_stride", "context_fuse", "closed_loop",
-                  "context_batch")  # the GenerationConfig fields read here
-
-
 @dataclass(frozen=True)
 class ContextOptions:
     """One generation's window settings (GenerationConfig's ``context_*`` fields, checked)."""
@@ -179,7 +175,7 @@ class ContextOptions:
 def context_options(config, max_frames: int | None = None, motion_name: str | None = None) -> ContextOptions | None:
     """The windows ``config`` asks for, or None for one pass over all frames.
 
-    ``config`` has GenerationConfig's ``num_frames`` and ``CONTEXT_FIELDS``. ``context`` None is automatic:
+    ``config`` has GenerationConfig's ``num_frames`` and ``context*`` / ``closed_loop`` fields. ``context`` None is automatic:
     ``looped`` when ``closed_loop``, else ``uniform`` when ``num_frames`` exceeds ``max_frames`` (the motion
     module's position-encoding length; None: no limit), else one pass. ``"none"`` is always one pass.
     ``context_length`` None is 16 (``max_frames`` if shorter), ``context_overlap`` None a quarter of the length.
@@ -232,7 +228,7 @@ def resolve_context(config, motion=None):
     if config.context is None and options is not None:
         why = "closed_loop" if config.closed_loop else \
             f"{config.num_frames} frames exceed the {name} motion module's position-encoding length {max_frames}"
-        logger.info("%s: denoising in %s (context none: refuse instead)", why, options)
+        logger.info("%s: denoising in %s (context 'none' turns them off)", why, options)
     if options is None:
         return dataclasses.replace(config, context="none")
     return dataclasses.replace(config, context=options.schedule, context_length=options.length, context_overlap=options.overlap)
