@@ -129,7 +129,7 @@ BAD = {
     "code-execution pickle": (["--motion-module", "{pickle}"], "evil.ckpt"),
     "missing file": (["--lora", "/nonexistent/x.safetensors"], "x.safetensors"),
     "width not divisible by 8": (["--width", "66"], "--width"),
-    "too many frames": (["--frames", "40"], "--frames"),
+    "too many frames": (["--frames", "40", "--context", "none"], "--frames"),  # windows forced off
     "unknown extension": (["--out", "{tmp}/clip.avi"], "--out"),
     "unknown scheduler": (["--scheduler", "plms2"], "--scheduler"),
 }
@@ -368,7 +368,7 @@ def test_yaml_frames_beyond_the_motion_module_name_L(files, tmp_path, capsys):
     """The frame count came from the YAML's ``L``, so the error names the job and ``L``, not ``--frames``."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"- dreambooth_path: \"{files['ldm']}\"\n  motion_module: \"{files['v2']}\"\n  prompt: [\"a\"]\n"
-                      "  steps: 2\n  guidance_scale: 7.5\n  W: 64\n  H: 64\n  L: 40\n")
+                      "  steps: 2\n  guidance_scale: 7.5\n  W: 64\n  H: 64\n  L: 40\n  context: none\n")
     out = tmp_path / "samples"
     assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

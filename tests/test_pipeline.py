@@ -212,7 +212,7 @@ def test_settings_are_validated_once_per_generation(pipe, monkeypatch):
 
 
 def test_validate_takes_the_model_facts_as_arguments():
-    cfg = config(num_frames=40, width=36)
+    cfg = config(num_frames=40, width=36, context="none")  # one pass: no context windows
     cfg.validate()  # no model facts: nothing model-dependent to refuse
     with pytest.raises(UserInputError, match=r"^width 36: must be a positive multiple of 8$"):
         cfg.validate(vae_scale_factor=8)
@@ -226,7 +226,7 @@ def test_too_many_frames_names_position_encoding_length(base):
     with AnimationPipeline(base, short) as pipeline:
         with pytest.raises(UserInputError, match=r"^num_frames 5: exceeds the v2 motion module's position-encoding length 4 "
                                                  r"\(use max_frames to extend it\)$"):
-            pipeline.generate(config(num_frames=5))
+            pipeline.generate(config(num_frames=5, context="none"))
 
 
 def test_motion_module_for_another_unet_is_refused(base):

@@ -10,7 +10,8 @@ import torch
 from animatediff.errors import UserInputError
 from animatediff.generation.pipeline import AnimationPipeline, GenerationConfig
 from animatediff.motion_module import MotionModules, VanillaTemporalModule
-from animatediff.sampling.freenoise import FUSE_METHODS, VIEW_SCHEDULES, ViewPlan, fuse_weights, windows
+from animatediff.sampling.context import FUSE_METHODS, fuse_weights, windows
+from animatediff.sampling.freenoise import VIEW_SCHEDULES, ViewPlan
 from animatediff.sampling.loop import sample
 from animatediff.sampling.schedulers import make_scheduler
 
@@ -26,7 +27,7 @@ def test_every_frame_is_in_some_window_at_every_step(schedule):
         for length in (1, 4, 7, 16):
             for overlap in range(length):
                 for step in range(4):
-                    found = windows(frames, length, overlap, schedule, step)
+                    found = windows(frames, step, length, overlap, schedule)
                     assert {i for w in found for i in w} == set(range(frames)), (frames, length, overlap, step)
                     assert all(len(w) <= length and len(set(w)) == len(w) for w in found)
                     if schedule != "looped":  # only looped wraps from the end back to the start
@@ -59,7 +60,7 @@ def test_one_view_of_all_frames_is_the_plain_module(module):
 def test_a_frame_in_one_view_gets_that_view_alone_and_shared_frames_are_fused(module):
     x = frames_input()
     first, second = list(range(0, 6)), list(range(4, 10))
-    w1, w2 = fuse_weights(6, "pyramid"), fuse_weights(6, "pyramid")
+    w1, w2 = fuse_weights(6, "pyramid").float(), fuse_weights(6, "pyramid").float()
     out = module(x, 10, [(first, w1), (second, w2)]).view(2, 10, 32, 3, 3)
     frames = x.view(2, 10, 32, 3, 3)
     alone = [module(frames[:, idx].reshape(12, 32, 3, 3), 6).view(2, 6, 32, 3, 3) for idx in (first, second)]
@@ -116,7 +117,7 @@ def test_views_let_a_clip_exceed_the_position_encoding(base):
     short = randomize_(MotionModules(tiny_motion_config("v2", position_encoding_length=4)), std=0.1).eval()
     with AnimationPipeline(base, short) as pipeline:
         with pytest.raises(UserInputError) as caught:
-            pipeline.generate(config(num_frames=7))
+            pipeline.generate(config(num_frames=7, context="none"))
         assert caught.value.field == "num_frames"
         result = pipeline.generate(config(num_frames=7, view_context="static", view_length=4, view_overlap=1))
         assert result.latents.shape[2] == 7

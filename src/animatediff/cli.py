@@ -132,6 +132,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
     mapping = {
         "frames": "num_frames", "width": "width", "height": "height", "steps": "steps", "guidance": "guidance_scale",
         "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
+        **{name: name for name in CONTEXT_FLAGS},
     }
     settings = {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
     settings.update({field: getattr(args, field) for field in FREENOISE_FREEINIT_FIELDS if getattr(args, field, None) is not None})
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default auto: cuda if available, else cpu)")
     gen.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES, help=", ".join(DTYPES) + " (auto: float16 on CUDA)")
+    add_context_args(gen)
     add_freenoise_freeinit_args(gen)
     gen.set_defaults(func=run_generate)
 
@@ -342,6 +344,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# ---- context windows (sampling/context.py) -------------------------------------------------------------
+CONTEXT_FLAGS = {"context": "--context", "context_length": "--context-length", "context_overlap": "--context-overlap",
+                 "context_stride": "--context-stride", "context_fuse": "--context-fuse", "closed_loop": "--closed-loop",
+                 "context_batch": "--context-batch"}  # GenerationConfig field -> flag (each flag's dest is the field)
+FIELD_FLAGS.update(CONTEXT_FLAGS)
+
+
+def add_context_args(parser: argparse.ArgumentParser) -> None:
+    """``generate``'s flags for long clips (defaults None: the GenerationConfig defaults or the recipe's apply)."""
+    from .sampling.context import FUSE_METHODS, SCHEDULES
+
+    group = parser.add_argument_group(
+        "long clips (context windows)",
+        "Frames beyond the motion module's position-encoding length are denoised in overlapping windows: "
+        "uniform windows of 16 frames, overlap 4, unless set here.")
+    group.add_argument("--context", type=str.lower, choices=("none", *SCHEDULES), metavar="SCHEDULE",
+                       help="static (fixed windows), uniform (seams move every step), looped (the clip loops), batched "
+                            "(no overlap), none (one pass: refuse more frames than the encoding length)")
+    group.add_argument("--context-length", dest="context_length", type=int, metavar="N",
+                       help="frames per window (default 16, or the encoding length if shorter; at most that length)")
+    group.add_argument("--context-overlap", dest="context_overlap", type=int, metavar="N",
+                       help="frames shared by neighbouring windows (default a quarter of the length: 4; less than --context-length)")
+    group.add_argument("--context-stride", dest="context_stride", type=int, metavar="S",
+                       help="dilation levels: windows of frames up to 2**(S-1) apart for long-range coherence (default 1)")
+    group.add_argument("--context-fuse", dest="context_fuse", type=str.lower, choices=FUSE_METHODS, metavar="METHOD",
+                       help=f"how overlapping windows are averaged: {', '.join(FUSE_METHODS)} (default pyramid)")
+    group.add_argument("--closed-loop", dest="closed_loop", action="store_true", default=None,
+                       help="make the clip loop: looped windows that also join the last frames to the first")
+    group.add_argument("--context-batch", dest="context_batch", type=int, metavar="K",
+                       help="windows per UNet call (default 1; more is faster where memory allows)")
 
 
 # ---- FreeNoise, view windows, FreeInit (sampling/freenoise.py, sampling/freeinit.py) ------------------------

@@ -33,13 +33,18 @@ READ_KEYS = {
     "lora_model_path", "lora_alpha", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
     "path", "base",  # July 2023
 }
-# GenerationConfig fields a job may carry (extensions of the official format), key -> kind (_Job.typed).
-FREENOISE_FREEINIT_KEYS = {  # FreeNoise, view windows, FreeInit
+# Our extension: GenerationConfig fields a job may carry by name, key -> kind (``_Job.typed``; ranges and choices
+# are checked by the library).
+FIELD_KEYS = {
+    # context windows
+    "context": "name", "context_length": "count", "context_overlap": "whole", "context_stride": "count",
+    "context_fuse": "name", "closed_loop": "flag", "context_batch": "count",
+    # FreeNoise, view windows, FreeInit
     "noise_type": "name", "view_context": "name", "view_length": "count", "view_overlap": "whole", "view_fuse": "name",
     "freeinit_iterations": "count", "freeinit_filter": "name", "freeinit_spatial": "number", "freeinit_temporal": "number",
     "freeinit_fast": "flag",
 }
-READ_KEYS |= set(FREENOISE_FREEINIT_KEYS)
+READ_KEYS |= set(FIELD_KEYS)
 # Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
 # one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
 UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
@@ -322,10 +327,9 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
         if job.given(key):
             settings[name] = job.count(key)
             keys[name] = key
-    for key, kind in FREENOISE_FREEINIT_KEYS.items():
+    for key, kind in FIELD_KEYS.items():
         if job.given(key):
-            settings[key] = job.typed(key, kind)
-            keys[key] = key
+            settings[key], keys[key] = job.typed(key, kind), key
     for name in overrides:  # flags given explicitly win over the recipe; errors about them name the flag
         keys.pop(name, None)
     settings.update(overrides)

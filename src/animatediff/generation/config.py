@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import UserInputError
+from ..sampling.context import context_options
 from ..sampling.freeinit import check_fields as check_freeinit_fields
 from ..sampling.freenoise import check_fields as check_freenoise_fields
 from ..sampling.schedulers import check_preset, check_scheduler, sampling_defaults
@@ -40,6 +41,15 @@ class GenerationConfig:
     clip_skip: int | None = None  # 1 = penultimate CLIP layer (diffusers convention)
     num_videos: int = 1  # clips per prompt, drawn from one generator
 
+    # ---- context windows (sampling/context.py): long clips in overlapping windows of frames ----
+    context: str | None = None  # none | static | uniform | looped | batched; None: uniform beyond the encoding length
+    context_length: int | None = None  # frames per window; None: 16, or the encoding length if shorter
+    context_overlap: int | None = None  # frames shared by neighbouring windows; None: context_length // 4
+    context_stride: int = 1  # dilation levels (ADE's stride; not diffusers' hop between windows)
+    context_fuse: str = "pyramid"  # pyramid | flat | gauss | relative
+    closed_loop: bool = False  # looped: also overlap the last frames with the first
+    context_batch: int = 1  # windows per UNet call
+
     # ---- FreeNoise, view windows, FreeInit (sampling/freenoise.py, sampling/freeinit.py) ----
     noise_type: str = "plain"  # plain | random (= plain) | shuffle | repeat: FreeNoise initial noise over context windows
     view_context: str = "none"  # none | static | uniform | looped | batched: motion modules run in windows of frames
@@ -51,9 +61,6 @@ class GenerationConfig:
     freeinit_spatial: float = 0.25  # spatial stop frequency (fraction of Nyquist)
     freeinit_temporal: float = 0.25  # temporal stop frequency (fraction of Nyquist)
     freeinit_fast: bool = False  # coarse-to-fine: fewer steps in the early iterations
-    # Context windows' own fields (helper G adds them with sampling/context.py; here for FreeNoise's noise until merged).
-    context_length: int = 16
-    context_overlap: int = 4
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -75,7 +82,7 @@ class GenerationConfig:
         The one place generation settings are checked. Fields still None (before ``resolved()``) are skipped.
         What depends on the model comes as arguments: ``vae_scale_factor`` (width and height must be multiples
         of it, 8 for SD/SDXL) and ``max_frames``, the motion module's position-encoding length (``motion_name``
-        for the message)."""
+        for the message), which ``num_frames`` may exceed only with context windows."""
 
         def require(name: str, ok: bool, detail: str) -> None:
             if not ok:
@@ -97,7 +104,9 @@ class GenerationConfig:
             value = getattr(self, name)
             require(name, value >= factor and value % factor == 0, f"must be a positive multiple of {factor}")
         at_least("num_frames", 1)
-        if max_frames is not None and self.view_context == "none":  # view windows: view_length is checked instead
+        # context windows or view windows may run more frames than the encoding holds (their lengths are checked)
+        windowed = context_options(self, max_frames, motion_name) is not None or self.view_context != "none"
+        if max_frames is not None and not windowed:
             owner = f"the {motion_name} motion module's" if motion_name else "the motion module's"
             require("num_frames", self.num_frames <= max_frames,
                     f"exceeds {owner} position-encoding length {max_frames} (use max_frames to extend it)")

@@ -23,13 +23,14 @@ from ..components import BaseModel
 from ..errors import UserInputError
 from ..inflation import AnimateDiffUNet
 from ..motion_module import MotionModules
+from ..sampling.context import resolve_context, with_context
 from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.freeinit import FreeInit, sample_freeinit
-from ..sampling.freenoise import ViewPlan, reschedule_noise
+from ..sampling.freenoise import ViewPlan, noise_window, reschedule_noise
 from ..sampling.loop import Progress
 from ..sampling.schedulers import make_scheduler
 from . import vae as vae_io
-from .conditioning import encode_conditioning
+from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
 
@@ -125,17 +126,19 @@ class AnimationPipeline:
         """Generate ``config.num_videos`` clips. ``progress(step, total)`` is called after every denoising step."""
         config = config.resolved(self.default_scheduler_preset)
         self.validate(config)
+        config = resolve_context(config, self.motion)  # context None -> what runs (logged when windows turn on)
         timings, start = {}, time.perf_counter()
 
         generator = torch.Generator("cpu").manual_seed(config.seed)  # latents first, then any step noise
         latents = self.prepare_latents(config, latents, generator)
-        latents = reschedule_noise(latents, config.noise_type, config.context_length, config.context_overlap, config.seed)
+        latents = reschedule_noise(latents, config.noise_type, *noise_window(config), config.seed)
         cond, uncond = encode_conditioning(self.base, config, self.unet.device, self.unet.dtype)
         timings["text"] = time.perf_counter() - start
 
         tick = time.perf_counter()
         scheduler = make_scheduler(config.scheduler, config.scheduler_preset, prediction_type=self.base.prediction_type)
-        denoiser = ClassifierFreeGuidance(self.denoiser, cond, uncond, config.guidance_scale)
+        model = with_context(self.denoiser, config, PER_CLIP_NDIM)  # windows of frames, under CFG
+        denoiser = ClassifierFreeGuidance(model, cond, uncond, config.guidance_scale)
         views = ViewPlan.from_fields(config)  # None: the motion modules see all frames at once
         with self.unet.views(views):
             denoiser = views.track(denoiser, scheduler) if views is not None else denoiser

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserInputError
+from .context import FUSE_METHODS, SCHEDULES, fuse_weights, windows
 from .loop import Denoiser
 
 NOISE_TYPES = ("plain", "random", "shuffle", "repeat")
@@ -50,49 +51,19 @@ def reschedule_noise(noise: torch.Tensor, noise_type: str, context_length: int, 
     return noise
 
 
+def noise_window(config) -> tuple[int, int]:
+    """The (length, overlap) FreeNoise reschedules the noise over: the context windows' (as given, or as
+    ``resolve_context`` filled them in; overlap by default a quarter of the length), else the view windows'."""
+    if config.context_length is not None:
+        overlap = config.context_overlap if config.context_overlap is not None else config.context_length // 4
+        return config.context_length, overlap
+    return config.view_length, config.view_overlap
+
+
 # ---- view windows ------------------------------------------------------------------------------------
-# Stand-in for sampling/context.py (helper G builds the real `windows` / `fuse_weights` in parallel): on
-# merge, delete from here to the end of the stand-in and import them from .context instead.
-VIEW_SCHEDULES = ("none", "static", "uniform", "looped", "batched")
-FUSE_METHODS = ("pyramid", "flat", "gauss", "relative")
-
-
-def _ordered_halving(step: int) -> float:
-    """0, 1/2, 1/4, 3/4, 1/8, ...: the bit-reversed step, ADE's grid shift for uniform schedules."""
-    return int(f"{step:064b}"[::-1], 2) / 2**64
-
-
-def windows(num_frames: int, length: int, overlap: int, schedule: str, step: int = 0) -> list[list[int]]:
-    """Windows of frame indices covering ``0 .. num_frames-1`` (community-features.md §1.2)."""
-    if num_frames <= length:
-        return [list(range(num_frames))]
-    hop = length - overlap
-    if schedule == "batched":
-        return [list(range(s, min(s + length, num_frames))) for s in range(0, num_frames, length)]
-    if schedule == "static":
-        starts = list(range(0, num_frames - length, hop)) + [num_frames - length]
-        return [list(range(s, s + length)) for s in starts]
-    shift = round(num_frames * _ordered_halving(step))
-    count = -(-(num_frames - overlap) // hop)  # ceil: enough windows to go round once
-    starts = [(shift + k * hop) % num_frames for k in range(count)]
-    if schedule == "looped":
-        return [[(s + j) % num_frames for j in range(length)] for s in starts]
-    starts = sorted({min(s, num_frames - length) for s in starts} | {0})  # uniform: slide wrapping windows back
-    return [list(range(s, s + length)) for s in starts]
-
-
-def fuse_weights(length: int, method: str) -> torch.Tensor:
-    """Positive per-position weights ``(length,)`` of one window."""
-    position = torch.arange(length, dtype=torch.float32)
-    centre, half = (length - 1) / 2, max(length / 2, 1.0)
-    if method == "flat":
-        return torch.ones(length)
-    if method == "gauss":
-        return torch.exp(-0.5 * ((position - centre) / (0.25 * length)) ** 2)
-    if method == "relative":
-        return (1 - (position - centre).abs() / half).clamp(min=0.01)
-    return torch.minimum(position + 1, length - position)  # pyramid: 1, 2, ..., 2, 1
-# ---- end of the stand-in -----------------------------------------------------------------------------
+# The window grids and fuse weights are those of context windows (sampling/context.py): views differ only in
+# where they run (inside each motion module, around its temporal attention) and what they cost.
+VIEW_SCHEDULES = ("none", *SCHEDULES)
 
 
 class ViewPlan:
@@ -117,7 +88,7 @@ class ViewPlan:
     def __call__(self, num_frames: int) -> list[tuple[list[int], torch.Tensor]] | None:
         key = (num_frames, self.step)
         if key not in self._cache:  # None: one window of all frames, i.e. the plain motion module
-            found = windows(num_frames, self.length, self.overlap, self.schedule, self.step)
+            found = windows(num_frames, self.step, self.length, self.overlap, self.schedule)
             self._cache[key] = None if len(found) == 1 else [(w, fuse_weights(len(w), self.fuse)) for w in found]
         return self._cache[key]
 
@@ -132,7 +103,7 @@ class ViewPlan:
 
 def check_fields(config, max_frames: int | None) -> None:
     """``UserInputError`` naming the field for bad ``noise_type`` / ``view_*`` values of a ``GenerationConfig``
-    (and the ``context_*`` values FreeNoise noise uses). ``max_frames``: the motion module's position-encoding
+    (``view_length``/``view_overlap`` are also the noise window without context windows). ``max_frames``: the motion module's position-encoding
     length, which a view may not exceed."""
 
     def require(name: str, ok: bool, detail: str) -> None:
@@ -145,18 +116,13 @@ def check_fields(config, max_frames: int | None) -> None:
         require(name, value >= low, f"must be at least {low}")
 
     require("noise_type", config.noise_type in NOISE_TYPES, f"unknown; choose one of {', '.join(NOISE_TYPES)}")
-    if config.noise_type in ("shuffle", "repeat"):
-        whole("context_length", 1)
-        whole("context_overlap", 0)
-        require("context_overlap", config.context_overlap < config.context_length,
-                f"must be less than context_length {config.context_length}")
     require("view_context", config.view_context in VIEW_SCHEDULES, f"unknown; choose one of {', '.join(VIEW_SCHEDULES)}")
+    whole("view_length", 1)  # also FreeNoise's noise window when no context windows run
+    whole("view_overlap", 0)
+    require("view_overlap", config.view_overlap < config.view_length, f"must be less than view_length {config.view_length}")
     if config.view_context == "none":
         return
     require("view_fuse", config.view_fuse in FUSE_METHODS, f"unknown; choose one of {', '.join(FUSE_METHODS)}")
-    whole("view_length", 1)
-    whole("view_overlap", 0)
-    require("view_overlap", config.view_overlap < config.view_length, f"must be less than view_length {config.view_length}")
     if max_frames is not None:
         require("view_length", config.view_length <= max_frames,
                 f"exceeds the motion module's position-encoding length {max_frames}")
