@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import UserInputError
 from ..sampling.schedulers import check_preset, check_scheduler, sampling_defaults
+from . import prompt_travel
 
 
 @dataclass
@@ -37,6 +38,16 @@ class GenerationConfig:
     eta: float = 0.0
     clip_skip: int | None = None  # 1 = penultimate CLIP layer (diffusers convention)
     num_videos: int = 1  # clips per prompt, drawn from one generator
+
+    # ---- prompt travel and motion scale/effect (generation/prompt_travel.py; issue 10) ----
+    prompt_map: dict[int, str] | str | None = None  # frame -> prompt, or text "0: a | 16: b" / the A1111 box
+    negative_prompt_map: dict[int, str] | str | None = None  # the negative prompt's travel (same forms)
+    prompt_interpolation: str = "lerp"  # between keys: lerp | slerp (whole-tensor)
+    prompt_wrap: bool = False  # after the last key, travel back to the first (loops)
+    head_prompt: str = ""  # joined before every key prompt
+    tail_prompt: str = ""  # joined after every key prompt
+    motion_scale: float | list[float] | None = None  # temporal-attention key scale; a number or one per frame
+    motion_effect: float | list[float] | None = None  # motion-module residual blend; a number or one per frame
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -93,3 +104,4 @@ class GenerationConfig:
             check_scheduler(self.scheduler)
         if self.scheduler_preset is not None:
             check_preset(self.scheduler_preset)
+        prompt_travel.check_config(self)

@@ -26,7 +26,7 @@ from ..motion_module import MotionModules
 from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import make_scheduler
-from . import vae as vae_io
+from . import prompt_travel, vae as vae_io
 from .conditioning import encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
@@ -46,7 +46,8 @@ class GenerationResult:
     def metadata(self, **extra) -> dict:
         """The settings to write next to the video (``video_io.save_video(..., metadata=...)``); ``extra``
         adds what only the caller knows (file paths, LoRAs, fps)."""
-        return {**dataclasses.asdict(self.config), **self.models, "timings": self.timings, **extra}
+        return {**dataclasses.asdict(self.config), **prompt_travel.sidecar(self.config), **self.models,
+                "timings": self.timings, **extra}
 
 
 class AnimationPipeline:
