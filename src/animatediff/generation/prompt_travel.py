@@ -83,22 +83,22 @@ def frame_key(raw: Any, field: str = "prompt_map") -> int:
     """A key as written (``8``, ``"8"``) -> the frame number; UserInputError for a negative, fractional or other key."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         if raw < 0:
-            raise _fail("a frame key must not be negative (frames count from 0)", raw, field)
+            raise _fail("a negative frame key (frames count from 0)", raw, field)
         return raw
     text = raw.strip() if isinstance(raw, str) else None
     if text is not None and _WHOLE.match(text):
         return int(text)
     if text is not None and re.match(r"^-\d+$", text):
-        raise _fail("a frame key must not be negative (frames count from 0)", raw, field)
+        raise _fail("a negative frame key (frames count from 0)", raw, field)
     if isinstance(raw, float) or (text is not None and re.match(r"^[+-]?(\d+\.\d*|\.\d+)$", text)):
-        raise _fail("a frame key must be a whole frame number", raw, field)
-    raise _fail("a frame key must be a whole frame number (e.g. 0: a red circle | 16: a blue square)", raw, field)
+        raise _fail("a fractional frame key (keys are whole frame numbers)", raw, field)
+    raise _fail("not a frame number (keys are whole frame numbers: 0: a red circle | 16: a blue square)", raw, field)
 
 
 def _add(prompts: dict[int, str], raw_key: Any, text: Any, field: str) -> None:
     key = frame_key(raw_key, field)
     if key in prompts:
-        raise _fail("this frame is keyed twice", key, field)
+        raise _fail("a frame keyed twice", key, field)
     if not isinstance(text, str):
         raise _fail("a key's prompt must be text", text, field)
     if not text.strip():
@@ -371,12 +371,12 @@ def check_config(config: "GenerationConfig") -> None:
     positive, negative = prompt_schedules(config)  # parse errors name the field
     if positive is None and (config.head_prompt.strip() or config.tail_prompt.strip()):
         name = "head_prompt" if config.head_prompt.strip() else "tail_prompt"
-        raise UserInputError("applies to a prompt map only (give prompt_map)", field=name, value=getattr(config, name))
+        raise UserInputError("applies to the key prompts of a prompt map, and there is none", field=name, value=getattr(config, name))
     for schedule, field in ((positive, "prompt_map" if config.prompt_map is not None else "prompt"), (negative, "negative_prompt_map")):
         if schedule is not None:
             beyond = [k for k in sorted(schedule.prompts) if k >= config.num_frames]
             if beyond:
-                raise UserInputError(f"a key beyond the last frame {config.num_frames - 1} (num_frames {config.num_frames})",
+                raise UserInputError(f"a key past the clip's last frame ({config.num_frames} frames: 0 .. {config.num_frames - 1})",
                                      field=field, value=beyond[0])
     for name in ("motion_scale", "motion_effect"):
         _check_multival(config, name)
