@@ -86,13 +86,14 @@ def frame_key(raw: Any, field: str = "prompt_map") -> int:
             raise _fail("a negative frame key (frames count from 0)", raw, field)
         return raw
     text = raw.strip() if isinstance(raw, str) else None
+    shown = raw if text is None else text
     if text is not None and _WHOLE.match(text):
         return int(text)
     if text is not None and re.match(r"^-\d+$", text):
-        raise _fail("a negative frame key (frames count from 0)", raw, field)
+        raise _fail("a negative frame key (frames count from 0)", shown, field)
     if isinstance(raw, float) or (text is not None and re.match(r"^[+-]?(\d+\.\d*|\.\d+)$", text)):
-        raise _fail("a fractional frame key (keys are whole frame numbers)", raw, field)
-    raise _fail("not a frame number (keys are whole frame numbers: 0: a red circle | 16: a blue square)", raw, field)
+        raise _fail("a fractional frame key (keys are whole frame numbers)", shown, field)
+    raise _fail("not a frame number (keys are whole frame numbers: 0: a red circle | 16: a blue square)", shown, field)
 
 
 def _add(prompts: dict[int, str], raw_key: Any, text: Any, field: str) -> None:
