@@ -55,16 +55,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
 
 from ..errors import UserInputError
 
-if TYPE_CHECKING:
-    from .config import GenerationConfig
-
+Config = Any  # a GenerationConfig (config.py imports this module to validate, so not imported here)
 logger = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("lerp", "slerp")
@@ -280,7 +278,7 @@ class PromptSchedule:
         return [{"frame": i, "from": a, "to": b, "weight": round(t, 6)} for i, (a, b, t) in enumerate(self.frames())]
 
 
-def prompt_schedules(config: "GenerationConfig") -> tuple[PromptSchedule | None, PromptSchedule | None]:
+def prompt_schedules(config: Config) -> tuple[PromptSchedule | None, PromptSchedule | None]:
     """(positive, negative) schedules of a config; None where that prompt does not travel."""
     positive = negative = None
     source = config.prompt_map if config.prompt_map is not None else config.prompt if is_prompt_box(config.prompt) else None
@@ -330,7 +328,7 @@ def travel(schedule: PromptSchedule, embeddings: dict[int, dict[str, torch.Tenso
 
 
 # ---- motion knobs -------------------------------------------------------------------------------------------
-def motion_conditioning(config: "GenerationConfig", device: torch.device) -> dict[str, torch.Tensor]:
+def motion_conditioning(config: Config, device: torch.device) -> dict[str, torch.Tensor]:
     """``motion_scale`` / ``motion_effect`` as ``(1, num_frames)`` float32 tensors ({} for those not given)."""
     out = {}
     for name in ("motion_scale", "motion_effect"):
@@ -342,7 +340,7 @@ def motion_conditioning(config: "GenerationConfig", device: torch.device) -> dic
 
 
 # ---- checks and the sidecar --------------------------------------------------------------------------------
-def _check_multival(config: "GenerationConfig", name: str) -> None:
+def _check_multival(config: Config, name: str) -> None:
     value = getattr(config, name)
     if value is None:
         return
@@ -355,7 +353,7 @@ def _check_multival(config: "GenerationConfig", name: str) -> None:
                              field=name, value=value)
 
 
-def check_config(config: "GenerationConfig") -> None:
+def check_config(config: Config) -> None:
     """Validate the prompt-travel and motion-knob fields (called by ``GenerationConfig.validate``)."""
     if config.prompt_interpolation not in INTERPOLATIONS:
         raise UserInputError(f"unknown interpolation (use {' or '.join(INTERPOLATIONS)})", field="prompt_interpolation",
@@ -383,7 +381,7 @@ def check_config(config: "GenerationConfig") -> None:
         _check_multival(config, name)
 
 
-def sidecar(config: "GenerationConfig") -> dict[str, Any]:
+def sidecar(config: Config) -> dict[str, Any]:
     """``{"prompt_schedule": {...}}`` for a travelling prompt (key prompts and the per-frame table), else {}."""
     positive, negative = prompt_schedules(config)
     if positive is None and negative is None:
