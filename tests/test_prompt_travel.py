@@ -49,6 +49,7 @@ SAME_MAP = {
     "A1111 box, no space after the colon": f"0:{A}\n8:{B}",
     "JSON object text": json.dumps({"0": A, "8": B}),
     "ADE plain form (no braces)": f'"0": "{A}", "8": "{B}"',
+    "YAML flow mapping text": f"{{0: {A}, 8: {B}}}",
 }
 
 
@@ -63,6 +64,7 @@ def test_head_and_tail_in_every_format_give_the_same_key_prompts(tmp_path):
     assert keys_of(prompt_map=box) == expected  # A1111: head lines, key lines, tail lines
     assert keys_of(prompt=box) == expected  # ... also when it is the plain prompt itself (auto-detected)
     assert keys_of(prompt_map=EXPECTED, head_prompt="masterpiece", tail_prompt="best quality") == expected
+    assert keys_of(prompt_map=EXPECTED, head_prompt="masterpiece, ", tail_prompt=",best quality") == expected  # no ",,"
     cli_pt = tmp_path / "prompt_travel.json"  # animatediff-cli-prompt-travel's config, other keys and all
     cli_pt.write_text(json.dumps({"name": "sample", "path": "model.safetensors", "head_prompt": "masterpiece",
                                   "prompt_map": {"0": A, "8": B}, "tail_prompt": "best quality", "n_prompt": ["blurry"],

@@ -49,7 +49,6 @@ them with the text; the denoiser hands them to the modules for one UNet call (``
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -106,7 +105,9 @@ def _add(prompts: dict[int, str], raw_key: Any, text: Any, field: str) -> None:
 
 
 def _join(*parts: str) -> str:
-    return ", ".join(p.strip() for p in parts if p and p.strip())
+    """``head, text, tail``: the non-empty parts, without doubled commas where they meet."""
+    parts = (p.strip().strip(",").strip() for p in parts if p)
+    return ", ".join(p for p in parts if p)
 
 
 def _parse_box(text: str, field: str) -> tuple[dict[int, str], str, str]:
@@ -154,11 +155,15 @@ def parse_prompt_map(value: Any, field: str = "prompt_map") -> tuple[dict[int, s
     if not isinstance(value, str):
         raise _fail("expected a mapping of frame -> prompt or text like '0: a red circle | 16: a blue square'", value, field)
     text = value.strip()
-    if text.startswith(("{", '"')):  # JSON object (ADE's plain form; braces optional)
+    if text.startswith(("{", '"')):  # a JSON (or YAML flow) object; ADE's plain form leaves out the braces
         try:
-            mapping = json.loads(text if text.startswith("{") else "{" + text + "}", object_pairs_hook=_no_duplicates)
-        except (json.JSONDecodeError, UserInputError) as e:
-            raise _fail(f"not a JSON object of frame -> prompt ({e})", text[:60], field) from None
+            mapping = load_yaml(text if text.startswith("{") else "{" + text + "}")
+        except yaml.YAMLError as e:
+            raise _fail(f"not a JSON object of frame -> prompt ({str(e).splitlines()[0]})", text[:60], field) from None
+        except UserInputError as e:
+            raise _fail(e.detail, text[:60], field) from None
+        if not isinstance(mapping, dict):
+            raise _fail("not a JSON object of frame -> prompt", text[:60], field)
         return parse_prompt_map(mapping, field)
     if "\n" in text:
         return _parse_box(text, field)
@@ -179,20 +184,14 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults" may be overridden by the keys after it
+                continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                line = key_node.start_mark.line + 1
-                raise UserInputError(f"key {key!r} is given twice (line {line})")
-            seen.add(key)
+            if isinstance(key, (str, int, float)) and not isinstance(key, bool):
+                if key in seen:
+                    raise UserInputError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
         return super().construct_mapping(node, deep)
-
-
-def _no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise UserInputError(f"key {dupes[0]!r} is given twice")
-    return dict(pairs)
 
 
 def load_yaml(text: str):
