@@ -175,7 +175,7 @@ class _Job:
                 try:
                     parse_prompt_map(self.values[key], key)  # a mapping or text; keys checked against L later
                 except UserInputError as e:
-                    raise self.fail(key, e.detail, e.value) from None
+                    raise self.fail(key, e.detail, e.value if e.has_value else _MISSING) from None
                 found[key] = self.values[key]
         for key in ("head_prompt", "tail_prompt"):
             if self.given(key):

@@ -251,6 +251,7 @@ class PromptSchedule:
     prompts: dict[int, str]  # key frame -> full prompt (head, text, tail)
     num_frames: int
     wrap: bool = False
+    name: str = "prompt"  # for the log: "prompt" or "negative prompt"
 
     def frames(self) -> list[tuple[int, int, float]]:
         """``(from_key, to_key, t)`` for every frame: the embedding is ``interp(E[from], E[to], t)``, t in [0, 1)."""
@@ -288,7 +289,8 @@ def prompt_schedules(config: Config) -> tuple[PromptSchedule | None, PromptSched
         positive = PromptSchedule({k: _join(head, p, tail) for k, p in prompts.items()}, config.num_frames, config.prompt_wrap)
     if config.negative_prompt_map is not None:
         prompts, head, tail = parse_prompt_map(config.negative_prompt_map, "negative_prompt_map")
-        negative = PromptSchedule({k: _join(head, p, tail) for k, p in prompts.items()}, config.num_frames, config.prompt_wrap)
+        negative = PromptSchedule({k: _join(head, p, tail) for k, p in prompts.items()}, config.num_frames, config.prompt_wrap,
+                                  name="negative prompt")
     return positive, negative
 
 
@@ -320,7 +322,7 @@ def travel(schedule: PromptSchedule, embeddings: dict[int, dict[str, torch.Tenso
     interp = slerp if method == "slerp" else lerp
     frames = schedule.frames()
     for i, (a, b, t) in enumerate(frames):
-        logger.debug("prompt travel frame %d: %s", i, f"key {a}" if t == 0 else f"key {a} -> key {b}, weight {t:.4f}")
+        logger.debug("%s travel frame %d: %s", schedule.name, i, f"key {a}" if t == 0 else f"key {a} -> key {b}, weight {t:.4f}")
     names = embeddings[frames[0][0]].keys()
     return {name: torch.stack([interp(embeddings[a][name], embeddings[b][name], t) for a, b, t in frames], dim=1)
             for name in names}  # (1, ...) per frame -> (1, num_frames, ...)
