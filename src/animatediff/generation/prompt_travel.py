@@ -17,11 +17,13 @@ the two keys around it, so the clip changes subject over time. Formats read (aut
   ``tail_prompt`` and ``n_prompt`` (the negative prompt) are read; its other keys are ignored with one warning.
   Its keys beyond the clip are an error here (CLI-PT drops them); it always wraps (give ``prompt_wrap``) and holds
   each key for ``prompt_fixed_ratio`` of the gap (not read: here the interpolation spans the whole gap);
-- a JSON object ``{"0": "...", "16": "..."}`` as text (ADE's plain form; its negative, decimal and range keys are
-  refused). A file holding a bare frame mapping is read the same way.
+- a JSON (or YAML flow) object ``{"0": "...", "16": "..."}`` as text, braces optional (ADE's plain form; its
+  negative, decimal and range keys are refused). A file holding a bare frame mapping is read the same way.
 
-``head_prompt``/``tail_prompt`` are joined to every key prompt (``head, text, tail``). Keys are whole frame numbers
-``0 <= key < num_frames``, each at most once; anything else is a ``UserInputError`` naming ``prompt_map``.
+A prompt map replaces the prompt (``prompt`` stays "", no PROMPT on the command line; both is an error).
+``head_prompt``/``tail_prompt`` are joined to every key prompt (``head, text, tail``; commas where the parts meet are
+not doubled). Keys are whole frame numbers ``0 <= key < num_frames``, each at most once; anything else is a
+``UserInputError`` naming ``prompt_map``.
 
 Interpolation, for frame i between keys a <= i < b: weight ``t = (i - a) / (b - a)`` (0 at a key: a key frame is
 exactly the plain conditioning of its prompt). ``lerp``: ``(1 - t) E_a + t E_b``. ``slerp`` (A1111, CLI-PT and ADE's
