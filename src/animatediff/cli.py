@@ -39,6 +39,10 @@ FIELD_FLAGS = {
     "noise_type": "--noise-type", "freeinit_iterations": "--freeinit-iterations", "freeinit_filter": "--freeinit-filter",
     "freeinit_spatial": "--freeinit-spatial", "freeinit_temporal": "--freeinit-temporal", "freeinit_fast": "--freeinit-fast",
     "view_context": "--view-context", "view_length": "--view-length", "view_overlap": "--view-overlap", "view_fuse": "--view-fuse",
+    # prompt travel and motion scale/effect (add_prompt_travel_args)
+    "prompt_map": "--prompt-map", "prompt_map_file": "--prompt-map-file", "negative_prompt_map": "--negative-prompt-map",
+    "prompt_interpolation": "--prompt-interpolation", "prompt_wrap": "--prompt-wrap", "head_prompt": "--head-prompt",
+    "tail_prompt": "--tail-prompt", "motion_scale": "--motion-scale", "motion_effect": "--motion-effect",
 }
 
 
@@ -138,6 +142,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
     settings.update({field: getattr(args, field) for field in FREENOISE_FREEINIT_FIELDS if getattr(args, field, None) is not None})
     if settings.get("seed") == -1:
         settings["seed"] = None  # -1: a fresh random seed, recorded in the sidecar (also over a recipe's seeds)
+    settings.update(_prompt_travel_settings(args))
     return settings
 
 
@@ -187,14 +192,15 @@ def run_generate(args: argparse.Namespace) -> int:
                     job.keys.pop(field, None)
             job.out = out_dir / f"{i}-{slug(job.prompt)}{suffix}"
     else:
-        if not args.prompt:
-            raise UserInputError("generate: give a PROMPT (or --config FILE.yaml)")
+        if not args.prompt and "prompt_map" not in overrides:
+            raise UserInputError("generate: give a PROMPT (or --prompt-map, or --config FILE.yaml)")
         from .bundled import resolve  # no --model: the bundled demo family; bundled names -> files
 
         found = resolve(args.model, args.motion_module, loras, motion_loras, adapter)
-        out = Path(args.out) if args.out else Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(args.prompt, 6)}.gif"
+        name = args.prompt or "prompt-travel"
+        out = Path(args.out) if args.out else Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name, 6)}.gif"
         jobs = [
-            GenerateJob(model=found.model, motion_module=found.motion_module, prompt=args.prompt, negative_prompt=args.negative or "",
+            GenerateJob(model=found.model, motion_module=found.motion_module, prompt=args.prompt or "", negative_prompt=args.negative or "",
                         loras=found.loras, motion_loras=found.motion_loras, adapter=found.adapter,
                         settings={**found.defaults, **overrides}, out=out)
         ]
@@ -301,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("files", nargs="+")
     ins.set_defaults(func=run_inspect)
 
+    add_prompt_travel_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
     return parser
@@ -412,3 +419,57 @@ def add_freenoise_freeinit_args(gen: argparse.ArgumentParser) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- prompt travel and motion scale/effect (generation/prompt_travel.py) --------------------------------------
+def parse_multival(text: str) -> float | list[float]:
+    """``--motion-scale``/``--motion-effect``: one number, or comma-separated numbers (one per frame)."""
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number or comma-separated numbers, one per frame") from None
+    return values[0] if len(values) == 1 else values
+
+
+def add_prompt_travel_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompt travel and motion control")
+    group.add_argument("--prompt-map", metavar="MAP", help="frame-keyed prompts: '0: a red circle | 24: a blue square' "
+                       "(also the A1111 multi-line box or a JSON object); replaces PROMPT")
+    group.add_argument("--prompt-map-file", metavar="FILE", help="YAML/JSON with prompt_map {0: ..., 24: ...} and optional "
+                       "head_prompt, tail_prompt, negative_prompt_map (animatediff-cli-prompt-travel's JSON is read as is); "
+                       ".txt: the A1111 box")
+    group.add_argument("--negative-prompt-map", metavar="MAP", help="frame-keyed negative prompts (same forms)")
+    group.add_argument("--prompt-interpolation", type=str.lower, choices=["lerp", "slerp"], metavar="NAME",
+                       help="between keys: lerp (default) or slerp (whole-tensor, lerp near parallel)")
+    group.add_argument("--prompt-wrap", action="store_true", default=None,
+                       help="after the last key travel back to the first (for loops)")
+    group.add_argument("--head-prompt", metavar="TEXT", help="joined before every key prompt")
+    group.add_argument("--tail-prompt", metavar="TEXT", help="joined after every key prompt")
+    group.add_argument("--motion-scale", type=parse_multival, metavar="S[,S...]",
+                       help="temporal-attention key scale (1: unchanged; <1 flatter, >1 sharper attention over frames); "
+                       "one number or one per frame")
+    group.add_argument("--motion-effect", type=parse_multival, metavar="E[,E...]",
+                       help="motion-module strength (0: the image model, 1: unchanged); one number or one per frame")
+
+
+def _prompt_travel_settings(args: argparse.Namespace) -> dict:
+    """The prompt-travel and motion GenerationConfig fields given as flags (a --prompt-map-file read here)."""
+    if args.prompt_map is not None and args.prompt_map_file is not None:
+        raise UserInputError("give --prompt-map or --prompt-map-file, not both")
+    if args.config and (args.prompt_map or args.prompt_map_file or args.negative_prompt_map):
+        raise UserInputError("with --config, give prompt_map / negative_prompt_map in the YAML job")
+    flags = {"prompt_map": "prompt_map", "negative_prompt_map": "negative_prompt_map", "prompt_interpolation": "prompt_interpolation",
+             "prompt_wrap": "prompt_wrap", "head_prompt": "head_prompt", "tail_prompt": "tail_prompt",
+             "motion_scale": "motion_scale", "motion_effect": "motion_effect"}
+    settings = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
+    if args.prompt_map_file is not None:
+        from .generation.prompt_travel import read_prompt_map_file
+
+        found = read_prompt_map_file(args.prompt_map_file)
+        negative = found.pop("negative_prompt", None)  # CLI-PT's n_prompt; --negative wins
+        if negative is not None and args.negative is None:
+            args.negative = negative
+        where = f"--prompt-map-file {args.prompt_map_file},"
+        args.field_flags = {**FIELD_FLAGS, **{field: f"{where} {field}" for field in found if field not in settings}}
+        settings = {**found, **settings}  # flags (--head-prompt ...) win over the file
+    return settings

@@ -12,6 +12,7 @@ attention runs on sequences of frames, ``(b h w) f c``.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -64,6 +65,7 @@ class VersatileAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])  # "to_out.0" as in the checkpoints
         self.pos_encoder = PositionalEncoding(dim, max_len) if max_len else None
+        self.key_scale: torch.Tensor | None = None  # motion_scale (b, f), set only inside MotionModules.controls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
         if self.pos_encoder is not None:
@@ -71,9 +73,21 @@ class VersatileAttention(nn.Module):
         n, f, c = x.shape
         # (b h w, f, c) -> (b h w, heads, f, c / heads)
         q, k, v = (proj(x).view(n, f, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        if self.key_scale is not None:
+            k = self._scale_keys(k)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
         out = out.transpose(1, 2).reshape(n, f, c)  # merge heads back
         return self.to_out[1](self.to_out[0](out))
+
+    def _scale_keys(self, k: torch.Tensor) -> torch.Tensor:
+        """motion_scale: frame j's key times ``s[b, j]``, so every logit ``q_i . k_j`` is times it (an inverse
+        temperature over the frames attended to). k: (b h w, heads, f, d); key_scale: (b, f)."""
+        b, f = self.key_scale.shape
+        n, heads, frames, d = k.shape
+        if frames != f or n % b:
+            raise ValueError(f"motion_scale is for {b} clips x {f} frames, the attention sees {frames} frames ({n} rows)")
+        scale = self.key_scale.to(k.dtype).view(b, 1, 1, f, 1)
+        return (k.view(b, n // b, heads, f, d) * scale).view(n, heads, f, d)  # (b h w) ... -> b (h w) ... and back
 
 
 class TemporalTransformerBlock(nn.Module):
@@ -142,6 +156,7 @@ class VanillaTemporalModule(nn.Module):
         # Training option: recompute activations in backward. diffusers checkpoints its blocks but not the
         # layers our hooks follow, so the motion modules need their own switch.
         self.gradient_checkpointing = False
+        self.effect: torch.Tensor | None = None  # motion_effect (b, f), set only inside MotionModules.controls
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int, views: Sequence[View] | None = None) -> torch.Tensor:
         """``hidden_states`` ``(b f) c h w``. ``views``: windows of frame indices with per-position fuse weights;
@@ -153,8 +168,16 @@ class VanillaTemporalModule(nn.Module):
 
     def _forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self.temporal_transformer, hidden_states, num_frames, use_reentrant=False)
-        return self.temporal_transformer(hidden_states, num_frames)
+            out = torch.utils.checkpoint.checkpoint(self.temporal_transformer, hidden_states, num_frames, use_reentrant=False)
+        else:
+            out = self.temporal_transformer(hidden_states, num_frames)
+        if self.effect is not None:  # motion_effect: row (clip j, frame i) = x (1 - e[j, i]) + module(x) e[j, i]
+            if self.effect.shape[1] != num_frames or self.effect.numel() != out.shape[0]:
+                raise ValueError(f"motion_effect is for {tuple(self.effect.shape)} clips x frames, the module sees "
+                                 f"{out.shape[0]} rows of {num_frames} frames")
+            e = self.effect.to(out.dtype).reshape(-1, 1, 1, 1)  # b f -> (b f) 1 1 1, the rows of hidden_states
+            out = hidden_states * (1 - e) + out * e  # exact at 0 (x) and 1 (module(x))
+        return out
 
 
 View = tuple[Sequence[int], torch.Tensor]  # (frame indices, fuse weight per position)
@@ -219,3 +242,27 @@ class MotionModules(nn.Module):
     @property
     def max_frames(self) -> int | None:
         return self.config.position_encoding_length
+
+    @contextmanager
+    def controls(self, scale: torch.Tensor | None = None, effect: torch.Tensor | None = None):
+        """Within the block, every temporal attention scales its keys by ``scale`` and every module blends its
+        output by ``effect`` (ADE's motion scale and motion effect; generation/prompt_travel.py). Each is None
+        (off) or ``(clips, frames)``, one value per clip and frame of the UNet batch, e.g. per-frame values
+        repeated for the CFG batch. The previous settings (normally none: scale 1, effect 1) come back after."""
+        if scale is None and effect is None:
+            yield
+            return
+        attentions = [m for m in self.modules() if isinstance(m, VersatileAttention)]
+        modules = [m for m in self.modules() if isinstance(m, VanillaTemporalModule)]
+        before = [m.key_scale for m in attentions], [m.effect for m in modules]
+        try:
+            for m in attentions:
+                m.key_scale = scale
+            for m in modules:
+                m.effect = effect
+            yield
+        finally:
+            for m, value in zip(attentions, before[0]):
+                m.key_scale = value
+            for m, value in zip(modules, before[1]):
+                m.effect = value

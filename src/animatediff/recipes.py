@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import UserInputError
+from .generation.prompt_travel import INTERPOLATIONS, load_yaml, parse_prompt_map
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ READ_KEYS = {
     "motion_module", "motion_module_lora_configs", "adapter_lora_path", "adapter_lora_scale", "dreambooth_path",
     "lora_model_path", "lora_alpha", "seed", "steps", "guidance_scale", "prompt", "n_prompt", "W", "H", "L",
     "path", "base",  # July 2023
+} | {  # extensions: prompt travel and motion scale/effect (GenerationConfig fields; generation/prompt_travel.py)
+    "prompt_map", "negative_prompt_map", "head_prompt", "tail_prompt", "prompt_interpolation", "prompt_wrap",
+    "motion_scale", "motion_effect",
 }
 # Our extension: GenerationConfig fields a job may carry by name, key -> kind (``_Job.typed``; ranges and choices
 # are checked by the library).
@@ -193,6 +197,38 @@ class _Job:
             found.append((item["path"], self.number(key, 1.0, value=item.get("alpha"), shown_key=f"{key}[{i}].alpha")))
         return found
 
+    def travel_settings(self) -> dict[str, Any]:
+        """The prompt-travel and motion-knob keys given (GenerationConfig field names), type-checked."""
+        found: dict[str, Any] = {}
+        for key in ("prompt_map", "negative_prompt_map"):
+            if self.given(key):
+                try:
+                    parse_prompt_map(self.values[key], key)  # a mapping or text; keys checked against L later
+                except UserInputError as e:
+                    raise self.fail(key, e.detail, e.value if e.has_value else _MISSING) from None
+                found[key] = self.values[key]
+        for key in ("head_prompt", "tail_prompt"):
+            if self.given(key):
+                if not isinstance(self.values[key], str):
+                    raise self.fail(key, "expected text")
+                found[key] = self.values[key]
+        if self.given("prompt_interpolation"):
+            value = self.values["prompt_interpolation"]
+            if not isinstance(value, str) or value.lower() not in INTERPOLATIONS:
+                raise self.fail("prompt_interpolation", f"expected {' or '.join(INTERPOLATIONS)}")
+            found["prompt_interpolation"] = value.lower()
+        if self.given("prompt_wrap"):
+            if not isinstance(self.values["prompt_wrap"], bool):
+                raise self.fail("prompt_wrap", "expected true or false")
+            found["prompt_wrap"] = self.values["prompt_wrap"]
+        for key in ("motion_scale", "motion_effect"):
+            value = self.values.get(key)
+            if isinstance(value, list):
+                found[key] = [self.number(key, value=v, shown_key=f"{key}[{i}]") for i, v in enumerate(value)]
+            elif value is not None:
+                found[key] = self.number(key)
+        return found
+
     def motion_modules(self) -> list[str | None]:
         """One path or a list of paths (the July-2023 configs list v14 and v15); [None] when not given."""
         value = self.values.get("motion_module")
@@ -218,13 +254,15 @@ def _resolve(path: str, recipe_dir: Path) -> str:
 def _read_file(path: Path) -> list[tuple[str, Any]]:
     """(job name, job) pairs: the list format's jobs are named by their index."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())  # safe_load that refuses a key given twice
     except FileNotFoundError:
         raise UserInputError("file not found", field="config", value=path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserInputError(f"cannot be read ({e})", field="config", value=path) from None
     except yaml.YAMLError as e:
         raise UserInputError(f"not valid YAML ({str(e).splitlines()[0]})", field="config", value=path) from None
+    except UserInputError as e:  # a duplicate key
+        raise UserInputError(e.detail, field="config", value=path) from None
     if isinstance(raw, dict):  # July 2023: name -> job
         named = [(str(name), job) for name, job in raw.items()]
     elif isinstance(raw, list):
@@ -265,8 +303,9 @@ def load_official_recipe(path: str | Path, model: str | None, overrides: dict[st
 
 def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[GenerateJob]:
     where = f"job {job.name}"
+    travels = job.given("prompt_map")  # then the map is the prompt: "prompt" is not required, and not allowed
     for required in REQUIRED_KEYS:
-        if required not in job.values:
+        if required not in job.values and not (travels and required == "prompt"):
             raise UserInputError(f"{where}: missing required key {required!r}", field="config", value=job.path)
     if job.path_value("controlnet_path"):
         raise job.fail("controlnet_path", "SparseCtrl jobs are not supported by `generate` yet")
@@ -302,9 +341,11 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
         adapter = (_resolve(job.path_value("adapter_lora_path"), recipe_dir), job.number("adapter_lora_scale", 1.0))
         keys["adapter"] = "adapter_lora_path"
 
-    if job.values["prompt"] is None:
+    if travels and job.given("prompt"):
+        raise job.fail("prompt_map", "give either prompt or prompt_map, not both", _MISSING)
+    if not travels and job.values["prompt"] is None:
         raise job.fail("prompt", "no prompt given")
-    prompts = job.texts("prompt", allow_empty=False)
+    prompts = job.texts("prompt", allow_empty=False)  # [""] with a prompt map
     negatives = job.texts("n_prompt", allow_empty=True)
     if len(negatives) == 1:
         negatives = negatives * len(prompts)
@@ -330,6 +371,9 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
     for key, kind in FIELD_KEYS.items():
         if job.given(key):
             settings[key], keys[key] = job.typed(key, kind), key
+    travel = job.travel_settings()
+    settings.update(travel)
+    keys.update({name: name for name in travel})
     for name in overrides:  # flags given explicitly win over the recipe; errors about them name the flag
         keys.pop(name, None)
     settings.update(overrides)

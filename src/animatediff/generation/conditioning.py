@@ -6,12 +6,15 @@ A conditioning is a dict of tensors whose first axis is the batch (one entry per
     encoder_hidden_states   (batch, 77, dim)              (batch, num_frames, 77, dim)
     text_embeds   (SDXL)    (batch, pooled_dim)           (batch, num_frames, pooled_dim)
     time_ids      (SDXL)    (batch, 6)                    (batch, num_frames, 6)
+    motion_scale            (batch,)                      (batch, num_frames)   per-frame motion knobs
+    motion_effect           (batch,)                      (batch, num_frames)   (prompt_travel.py)
 
 The frame axis is explicit, never folded into the batch, so a per-frame tensor cannot be mistaken for a larger
 batch. ``per_frame`` turns the per-clip form into the per-frame one; ``fold_frames`` gives the UNet its
 ``(batch num_frames)`` layout (frame i of clip j at row ``j * num_frames + i``, the order of the latents).
 Classifier-free guidance concatenates cond and uncond along the batch, so both must have the same form:
-call ``per_frame`` on both when either is per frame.
+call ``per_frame`` on both when either is per frame. Prompt travel (prompt_travel.py) makes the text per frame;
+the motion knobs, when given, are always per frame and identical in cond and uncond.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import torch
 from ..components import BaseModel
 from ..sampling.guidance import Conditioning
 from .config import GenerationConfig
+from .prompt_travel import PromptSchedule, motion_conditioning, prompt_schedules, travel
 
 
 logger = logging.getLogger(__name__)
 
-PER_CLIP_NDIM = {"encoder_hidden_states": 3, "text_embeds": 2, "time_ids": 2}  # tensor ndim of the per-clip form
+PER_CLIP_NDIM = {"encoder_hidden_states": 3, "text_embeds": 2, "time_ids": 2,  # tensor ndim of the per-clip form
+                 "motion_scale": 1, "motion_effect": 1}
 
 
 # ---- layout: per clip / per frame ----------------------------------------------------------------------
@@ -103,21 +108,37 @@ def size_conditioning(height: int, width: int, device: torch.device, dtype: torc
     return torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
 
 
+def _encode_text(base: BaseModel, text: str, schedule: PromptSchedule | None, config: GenerationConfig,
+                 zeros: bool = False, **device_dtype) -> Conditioning:
+    """One prompt per clip, or a travelling one: each key prompt encoded once, then interpolated per frame."""
+    if schedule is None:
+        return encode_prompt(base, text, config.clip_skip, zeros=zeros, **device_dtype)
+    keys = {k: encode_prompt(base, p, config.clip_skip, **device_dtype) for k, p in schedule.prompts.items()}
+    return travel(schedule, keys, config.prompt_interpolation)  # (1, num_frames, ...)
+
+
 def encode_conditioning(base: BaseModel, config: GenerationConfig, device: torch.device,
                         dtype: torch.dtype) -> tuple[Conditioning, Conditioning | None]:
-    """(cond, uncond) per clip for a resolved config, batch ``num_videos``; uncond is None without guidance
-    (``guidance_scale <= 1``)."""
-    cond = encode_prompt(base, config.prompt, config.clip_skip, device=device, dtype=dtype)
+    """(cond, uncond) for a resolved config, batch ``num_videos``; uncond is None without guidance
+    (``guidance_scale <= 1``). Per clip, or per frame with a travelling prompt (``prompt_map``, a negative map)."""
+    positive, negative = prompt_schedules(config)  # None: that prompt does not travel
+    cond = _encode_text(base, config.prompt, positive, config, device=device, dtype=dtype)
     uncond = None
     if config.guidance_scale > 1:
         # Why zeros: diffusers' SDXL pipelines (and the official sdxl branch) use zero embeddings, not
         # the encoded "", for an empty negative prompt (force_zeros_for_empty_prompt).
-        zeros = base.is_sdxl and not config.negative_prompt
-        uncond = encode_prompt(base, config.negative_prompt, config.clip_skip, zeros=zeros, device=device, dtype=dtype)
+        zeros = base.is_sdxl and not config.negative_prompt and negative is None
+        uncond = _encode_text(base, config.negative_prompt, negative, config, zeros, device=device, dtype=dtype)
     if base.is_sdxl:
         time_ids = size_conditioning(config.height, config.width, device, dtype)
         cond["time_ids"] = time_ids
         if uncond is not None:
             uncond["time_ids"] = time_ids
+    travels = positive is not None or negative is not None  # then both per frame: one layout for the CFG batch
+    knobs = motion_conditioning(config, device)  # motion_scale / motion_effect, (1, num_frames) each
+    if travels or knobs:
+        layout = (lambda c: per_frame(c, config.num_frames)) if travels else (lambda c: c)  # noqa: E731
+        cond = {**layout(cond), **knobs}
+        uncond = {**layout(uncond), **knobs} if uncond is not None else None
     repeat = lambda c: {k: v.repeat(config.num_videos, *[1] * (v.ndim - 1)) for k, v in c.items()}  # noqa: E731
     return repeat(cond), (repeat(uncond) if uncond is not None else None)

@@ -15,6 +15,7 @@ from ..sampling.context import context_options
 from ..sampling.freeinit import check_fields as check_freeinit_fields
 from ..sampling.freenoise import check_fields as check_freenoise_fields
 from ..sampling.schedulers import check_preset, check_scheduler, sampling_defaults
+from . import prompt_travel
 
 
 @dataclass
@@ -61,6 +62,16 @@ class GenerationConfig:
     freeinit_spatial: float = 0.25  # spatial stop frequency (fraction of Nyquist)
     freeinit_temporal: float = 0.25  # temporal stop frequency (fraction of Nyquist)
     freeinit_fast: bool = False  # coarse-to-fine: fewer steps in the early iterations
+
+    # ---- prompt travel and motion scale/effect (generation/prompt_travel.py; issue 10) ----
+    prompt_map: dict[int, str] | str | None = None  # frame -> prompt, or text "0: a | 16: b" / the A1111 box
+    negative_prompt_map: dict[int, str] | str | None = None  # the negative prompt's travel (same forms)
+    prompt_interpolation: str = "lerp"  # between keys: lerp | slerp (whole-tensor)
+    prompt_wrap: bool = False  # after the last key, travel back to the first (loops)
+    head_prompt: str = ""  # joined before every key prompt
+    tail_prompt: str = ""  # joined after every key prompt
+    motion_scale: float | list[float] | None = None  # temporal-attention key scale; a number or one per frame
+    motion_effect: float | list[float] | None = None  # motion-module residual blend; a number or one per frame
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -121,3 +132,4 @@ class GenerationConfig:
             check_preset(self.scheduler_preset)
         check_freenoise_fields(self, max_frames)
         check_freeinit_fields(self)
+        prompt_travel.check_config(self)

@@ -18,6 +18,7 @@ output. Both keys are required: diffusers reads down residuals without a mid res
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -61,5 +62,7 @@ class UNetDenoiser:
         residuals = self.residuals(latents, t, cond)
         unet_cond = fold_frames(cond, latents.shape[2])
         added = {"text_embeds": unet_cond["text_embeds"], "time_ids": unet_cond["time_ids"]} if "time_ids" in cond else None
-        eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added, **residuals)
+        motion = self.unet.motion  # motion_scale / motion_effect (b, f) ride in the conditioning (prompt_travel.py)
+        with motion.controls(cond.get("motion_scale"), cond.get("motion_effect")) if motion is not None else nullcontext():
+            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added, **residuals)
         return eps.to(latents.dtype)

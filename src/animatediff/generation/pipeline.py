@@ -29,7 +29,7 @@ from ..sampling.freeinit import FreeInit, sample_freeinit
 from ..sampling.freenoise import ViewPlan, noise_window, reschedule_noise
 from ..sampling.loop import Progress
 from ..sampling.schedulers import make_scheduler
-from . import vae as vae_io
+from . import prompt_travel, vae as vae_io
 from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
@@ -49,7 +49,8 @@ class GenerationResult:
     def metadata(self, **extra) -> dict:
         """The settings to write next to the video (``video_io.save_video(..., metadata=...)``); ``extra``
         adds what only the caller knows (file paths, LoRAs, fps)."""
-        return {**dataclasses.asdict(self.config), **self.models, "timings": self.timings, **extra}
+        return {**dataclasses.asdict(self.config), **prompt_travel.sidecar(self.config), **self.models,
+                "timings": self.timings, **extra}
 
 
 class AnimationPipeline:
