@@ -187,3 +187,14 @@ def test_cli_and_yaml_reach_every_field_and_the_sidecar_records_them(tmp_path):
         load_official_recipe(recipe, None)
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
     assert set(expected) <= fields
+
+
+def test_per_frame_motion_scale_and_effect_follow_the_views(pipe):
+    """Per-frame motion_scale/motion_effect are sliced to each view's frames: a full-length view equals no views,
+    and windows that are shorter than the clip run (each window sees its own frames' values)."""
+    controls = dict(motion_scale=[0.8, 1.0, 1.2, 1.4, 1.1, 0.9], motion_effect=[1.0, 0.5, 0.0, 1.0, 0.7, 1.0])
+    plain = pipe.generate(config(**controls)).latents
+    full = pipe.generate(config(**controls, view_context="static", view_length=6, view_overlap=2)).latents
+    torch.testing.assert_close(full, plain, rtol=0, atol=0)
+    windowed = pipe.generate(config(**controls, view_context="static", view_length=4, view_overlap=2)).latents
+    assert torch.isfinite(windowed).all() and not torch.equal(windowed, plain)

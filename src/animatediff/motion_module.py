@@ -163,8 +163,23 @@ class VanillaTemporalModule(nn.Module):
         the module then runs on each window alone and every frame gets the weighted mean of its windows'
         outputs (FreeNoise's window fusion, ADE's view options). None: all frames at once."""
         if views:
-            return fuse_views(self._forward, hidden_states, num_frames, views)
+            return fuse_views(self._forward_view, hidden_states, num_frames, views)
         return self._forward(hidden_states, num_frames)
+
+    def _forward_view(self, hidden_states: torch.Tensor, num_frames: int, index: torch.Tensor) -> torch.Tensor:
+        """``_forward`` on the frames ``index`` of the clip: per-frame motion_scale/effect are sliced to them."""
+        attentions = [m for m in self.modules() if isinstance(m, VersatileAttention) and m.key_scale is not None]
+        saved = self.effect, [m.key_scale for m in attentions]
+        try:
+            if self.effect is not None:
+                self.effect = self.effect[:, index]
+            for m in attentions:
+                m.key_scale = m.key_scale[:, index]
+            return self._forward(hidden_states, num_frames)
+        finally:
+            self.effect = saved[0]
+            for m, value in zip(attentions, saved[1]):
+                m.key_scale = value
 
     def _forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -183,9 +198,10 @@ class VanillaTemporalModule(nn.Module):
 View = tuple[Sequence[int], torch.Tensor]  # (frame indices, fuse weight per position)
 
 
-def fuse_views(module: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, num_frames: int,
+def fuse_views(module: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor], x: torch.Tensor, num_frames: int,
                views: Sequence[View]) -> torch.Tensor:
-    """Run ``module(x, f)`` (``x`` ``(b f) c h w``) on each view's frames and fuse per frame:
+    """Run ``module(x_view, f_view, index)`` (``x`` ``(b f) c h w``; ``index`` the view's frames in the clip) on
+    each view's frames and fuse per frame:
     ``out[i] = sum_k w_k(i) module(x[view_k])[i] / sum_k w_k(i)``. Every frame must be in some view."""
     bf, c, h, w = x.shape
     b = bf // num_frames
@@ -195,7 +211,7 @@ def fuse_views(module: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Ten
     for indices, weights in views:
         index = torch.as_tensor(indices, dtype=torch.long, device=x.device)
         weights = weights.to(device=x.device, dtype=x.dtype)
-        y = module(frames[:, index].reshape(b * len(index), c, h, w), len(index))  # the view alone: (b v) c h w
+        y = module(frames[:, index].reshape(b * len(index), c, h, w), len(index), index)  # the view alone: (b v) c h w
         out.index_add_(1, index, y.view(b, len(index), c, h, w) * weights.view(1, -1, 1, 1, 1))
         total.index_add_(0, index, weights)
     if not bool((total > 0).all()):
