@@ -288,13 +288,12 @@ def detect_kind(state_dict: dict, name: str = "") -> FileDescription:
     community = _lora_groups(keys, state_dict)
     if community is not None:
         return _describe_lora(*community, keys, n)
-    motion = detect_motion_module(state_dict)
+    motion = detect_motion_module(state_dict, name)  # the file name tells Lightning from v2
     if motion is not None:
         details = {k: motion[k] for k in ("layout", "num_modules", "mid_block", "block_out_channels")}
         details["position_encoding"] = f"{motion['pe_length']} frames" if motion["pe_length"] else "not stored"
         if 0 < motion["pe_stored"] < motion["pe_slots"]:
             details["position_encoding"] += f" (stored in {motion['pe_stored']} of {motion['pe_slots']} places)"
-        motion = detect_motion_module(state_dict, name) if name else motion  # the file name matters for Lightning
         return FileDescription("motion-module", motion["version"], _num_params(state_dict, skip_pe=True), motion["base"], details)
     base = detect_ldm_base(keys)
     if base is not None:
