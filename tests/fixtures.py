@@ -8,6 +8,7 @@ key layout (../shared/reference/official-animatediff.md §4), plus broken files 
 from __future__ import annotations
 
 import dataclasses
+from math import prod
 from pathlib import Path
 
 import torch
@@ -49,6 +50,21 @@ def official_motion_state_dict(
         state = {"module." + k: v for k, v in state.items()}
     if config_entry:
         state["animatediff_config"] = ""  # the official "dummy key" (a non-tensor)
+    return state
+
+
+def diffusers_motion_state_dict(preset: str = "v2", *, seed: int = 0, pe_in=lambda key: True) -> dict:
+    """A diffusers ``MotionAdapter`` file's contents: the official tensors renamed, plus the ``pos_embed.pe``
+    buffer (1, 32, C) that ``save_pretrained`` writes in every transformer block, or only in those whose key
+    prefix ``pe_in`` accepts (diffusers' copy of AnimateLCM holds only part of them)."""
+    from animatediff.weights.convert import motion_module_to_diffusers
+
+    state = motion_module_to_diffusers(official_motion_state_dict(preset, seed=seed))
+    for key in list(state):
+        if key.endswith(".attn1.to_q.weight"):
+            block = key.removesuffix(".attn1.to_q.weight")  # ...motion_modules.k.transformer_blocks.j
+            if pe_in(block):
+                state[f"{block}.pos_embed.pe"] = sinusoidal_position_encoding(32, state[key].shape[0])
     return state
 
 
@@ -127,6 +143,108 @@ def kohya_lora_state_dict(
     return out
 
 
+# ---- (c2) the other community LoRA formats: LyCORIS LoHa / LoKr, diffusers, PEFT ---------------------------
+def lora_targets(base: BaseModel, *, text_encoder: bool = True, conv: bool = False) -> dict[str, tuple[str, nn.Module]]:
+    """The layers ``kohya_lora_state_dict`` targets: kohya name -> (diffusers module name with its model prefix
+    ``unet.``/``text_encoder.``/``text_encoder_2.``, module)."""
+    out = {}
+    for name, module in base.unet.named_modules():
+        wanted = name.endswith(_UNET_TARGETS) and ".attentions." in name
+        wanted |= conv and isinstance(module, nn.Conv2d) and ".resnets." in name and name.endswith(".conv1")
+        if wanted and isinstance(module, (nn.Linear, nn.Conv2d)):
+            out["lora_unet_" + name.replace(".", "_")] = ("unet." + name, module)
+    if text_encoder:
+        prefixes = [("lora_te1_", "text_encoder."), ("lora_te2_", "text_encoder_2.")] if base.is_sdxl else [("lora_te_", "text_encoder.")]
+        for (kohya, model), encoder in zip(prefixes, base.text_encoders):
+            for n, m in encoder.named_modules():
+                if n.endswith(_TEXT_TARGETS) and isinstance(m, nn.Linear):
+                    full = "text_model." + n.removeprefix("text_model.")
+                    out[kohya + full.replace(".", "_")] = (model + full, m)
+    return out
+
+
+def _shape_of(module: nn.Module) -> tuple[int, int, tuple[int, ...]]:
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features, ()
+    return module.out_channels, module.in_channels, tuple(module.kernel_size)
+
+
+def loha_state_dict(base: BaseModel, *, rank: int = 4, alpha: float | None = 2.0, tucker: bool = False,
+                    conv: bool = False, text_encoder: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LyCORIS LoHa: ``hada_w1_a`` (out, r), ``hada_w1_b`` (r, in*k), the same for w2; with ``tucker``, 3x3 convs
+    get ``hada_t1/t2`` (r, r, 3, 3) cores and ``w*_a`` (r, out), ``w*_b`` (r, in), as LyCORIS saves them."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    out = {}
+    for kohya, (_, module) in lora_targets(base, text_encoder=text_encoder, conv=conv).items():
+        o, i, k = _shape_of(module)
+        if tucker and k and k != (1, 1):
+            for w in ("1", "2"):
+                out[f"{kohya}.hada_t{w}"], out[f"{kohya}.hada_w{w}_a"], out[f"{kohya}.hada_w{w}_b"] = r(rank, rank, *k), r(rank, o), r(rank, i)
+        else:
+            for w in ("1", "2"):
+                out[f"{kohya}.hada_w{w}_a"], out[f"{kohya}.hada_w{w}_b"] = r(o, rank), r(rank, i * prod(k))
+        if alpha is not None:
+            out[f"{kohya}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def _split(n: int) -> tuple[int, int]:
+    """n = a * b with a <= b as close as possible (LyCORIS' default factorisation)."""
+    a = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+    return a, n // a
+
+
+def lokr_state_dict(base: BaseModel, *, rank: int = 2, alpha: float | None = 3.0, mode: str = "w2",
+                    conv: bool = False, text_encoder: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LyCORIS LoKr with out = l*k, in = m*n: ``lokr_w1`` (l, m) full or ``lokr_w1_a/_b`` (mode ``both``);
+    ``lokr_w2`` (k, n[, kh, kw]) full (mode ``full``) or ``lokr_w2_a`` (k, r) / ``lokr_w2_b`` (r, n*kh*kw)
+    (modes ``w2``, ``both``); mode ``tucker``: 3x3 convs get ``lokr_t2`` (r, r, 3, 3), ``w2_a`` (r, k), ``w2_b`` (r, n)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    out = {}
+    for kohya, (_, module) in lora_targets(base, text_encoder=text_encoder, conv=conv).items():
+        o, i, k = _shape_of(module)
+        (l, kk), (m, n) = _split(o), _split(i)
+        if mode == "both":
+            out[f"{kohya}.lokr_w1_a"], out[f"{kohya}.lokr_w1_b"] = r(l, rank), r(rank, m)
+        else:
+            out[f"{kohya}.lokr_w1"] = r(l, m)
+        if mode == "full":
+            out[f"{kohya}.lokr_w2"] = r(kk, n, *k)
+        elif mode == "tucker" and k and k != (1, 1):
+            out[f"{kohya}.lokr_t2"], out[f"{kohya}.lokr_w2_a"], out[f"{kohya}.lokr_w2_b"] = r(rank, rank, *k), r(rank, kk), r(rank, n)
+        else:
+            out[f"{kohya}.lokr_w2_a"], out[f"{kohya}.lokr_w2_b"] = r(kk, rank), r(rank, n * prod(k))
+        if alpha is not None:
+            out[f"{kohya}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def kohya_to_diffusers_lora(kohya: dict[str, torch.Tensor], base: BaseModel, style: str = "diffusers") -> dict[str, torch.Tensor]:
+    """The same tensors as a diffusers/PEFT LoRA file (a kohya LoRA of ``kohya_lora_state_dict`` with diffusers-style
+    layer names). ``style``: ``diffusers`` (``unet.<m>.lora_A.weight``, ``<prefix>.<m>.alpha``), ``old``
+    (``unet.<m>.lora.down.weight``, ``text_encoder.<m>.lora_linear_layer.down.weight``), ``peft``
+    (``base_model.model.<m>.lora_A.weight``, without the model prefix; no alphas: PEFT keeps them in adapter_config.json)."""
+    names = {kohya_name: module_name for kohya_name, (module_name, _) in lora_targets(base, conv=True).items()}
+    out = {}
+    for key, value in kohya.items():
+        layer, _, part = key.partition(".")
+        module = names[layer]
+        if style == "peft":
+            if part == "alpha":
+                continue
+            module = "base_model.model." + module.split(".", 1)[1]
+        if part == "alpha":
+            out[f"{module}.alpha"] = value
+        elif style == "old":
+            down_up = "down" if part == "lora_down.weight" else "up"
+            out[f"{module}.{'lora' if module.startswith('unet.') else 'lora_linear_layer'}.{down_up}.weight"] = value
+        else:
+            out[f"{module}.lora_{'A' if part == 'lora_down.weight' else 'B'}.weight"] = value
+    return out
+
+
 # ---- (d) single-file LDM checkpoints --------------------------------------------------------------------
 def ldm_checkpoint(base: BaseModel) -> dict[str, torch.Tensor]:
     """``base`` in the single-file layout (SD1.5 ``v1-5-pruned`` style or SDXL ``sd_xl_base_1.0`` style)."""
@@ -200,6 +318,21 @@ def write_corrupt(path: Path, seed: int = 0) -> Path:
     g = torch.Generator().manual_seed(seed)
     path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=g, dtype=torch.uint8).tolist()))
     return path
+
+
+BROKEN_DOWNLOADS = {  # what a failed download leaves behind -> words the error must use
+    "html": ("<!DOCTYPE html>\n<html lang=en><head><title>Hugging Face - Sign in</title></head><body></body></html>\n", "HTML page"),
+    "lfs": ("version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 1815672016\n", "Git LFS pointer"),
+    "empty": ("", "is empty"),
+    "json": ('{"error": "Repository Not Found for url: https://huggingface.co/api/models/x"}', "JSON file"),
+    "text": ("Access denied\n", "text file"),
+}
+
+
+def write_broken_download(path: Path, kind: str) -> Path:
+    """A weight-file name holding what a failed download leaves: a web page, a Git LFS pointer, nothing, JSON, text."""
+    Path(path).write_text(BROKEN_DOWNLOADS[kind][0])
+    return Path(path)
 
 
 # ---- writing ------------------------------------------------------------------------------------------------

@@ -81,3 +81,31 @@ def test_lightning_callback_metadata_in_sd_ckpt_is_tolerated(tmp_path, monkeypat
     torch.save({"state_dict": {"w": torch.ones(2)}, "callbacks": {"ModelCheckpoint": ModelCheckpoint()}}, tmp_path / "sd.ckpt")
     monkeypatch.delitem(sys.modules, module.__name__)
     assert list(read_state_dict(tmp_path / "sd.ckpt")) == ["w"]
+
+
+# ---- a file that is not weights says what it is, and never suggests weights_only=False --------------------
+from fixtures import BROKEN_DOWNLOADS, write_broken_download  # noqa: E402
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors", ".bin"])
+@pytest.mark.parametrize("kind", list(BROKEN_DOWNLOADS))
+def test_broken_download_says_what_the_file_is(tmp_path, kind, suffix):
+    from animatediff.weights.detect import describe_file
+
+    path = write_broken_download(tmp_path / f"mm_sd_v15_v2{suffix}", kind)
+    for read in (read_state_dict, read_keys, describe_file):
+        with pytest.raises(UserInputError) as info:
+            read(path)
+        text = str(info.value)
+        assert text.startswith(f"{path}: ") and BROKEN_DOWNLOADS[kind][1] in text and "\n" not in text, text
+        assert "weights_only" not in text and "truncated" not in text, text
+    if kind == "lfs":
+        assert "git lfs pull" in text
+
+
+def test_corrupt_pickle_error_keeps_the_reason_without_the_weights_only_advice(tmp_path):
+    path = write_corrupt(tmp_path / "noise.ckpt")
+    with pytest.raises(UserInputError) as info:
+        read_state_dict(path)
+    text = str(info.value)
+    assert "truncated or corrupt" in text and "weights_only" not in text and "Unsupported operand" in text, text

@@ -375,3 +375,52 @@ def test_yaml_frames_beyond_the_motion_module_name_L(files, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: --config "), err
     assert "job 0, L 40" in err[0] and "--frames" not in err[0], err[0]
     assert not out.exists()
+
+
+# ---- files that are not weights, and every community LoRA format, through the command line --------------------
+BROKEN = {  # flag, file name, what it holds
+    "web page as motion module": ("--motion-module", "mm_sd_v15_v2.ckpt", "html"),
+    "LFS pointer as LoRA": ("--lora", "style.safetensors", "lfs"),
+    "empty model": ("--model", "realisticVision.safetensors", "empty"),
+    "JSON error page as adapter": ("--adapter", "v3_sd15_adapter.ckpt", "json"),
+    "web page as MotionLoRA": ("--motion-lora", "v2_lora_ZoomIn.ckpt", "html"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_download_is_one_line_naming_what_the_file_is(files, tmp_path, capsys, case):
+    flag, name, kind = BROKEN[case]
+    downloads, out = tmp_path / "downloads", tmp_path / "out"
+    downloads.mkdir(), out.mkdir()
+    path = str(fixtures.write_broken_download(downloads / name, kind))
+    argv = ["-q", "generate", "a red circle", *_model(files), "--motion-module", files["v2"], *FAST, "--out", str(out / "clip.gif")]
+    argv += [flag, path]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: "), err
+    assert fixtures.BROKEN_DOWNLOADS[kind][1] in err[0] and "weights_only" not in err[0], err[0]
+    assert not any(out.iterdir()) and [p.name for p in downloads.iterdir()] == [name]
+    assert main(["inspect", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fixtures.BROKEN_DOWNLOADS[kind][1] in err[0], err
+
+
+def test_inspect_and_generate_with_every_lora_format(files, tmp_path, capsys):
+    base = tiny_base_model()
+    kohya = fixtures.kohya_lora_state_dict(base, conv=True)
+    layers = len({k.partition(".")[0] for k in kohya})
+    text_layers = len({k.partition(".")[0] for k in kohya if k.startswith("lora_te_")})
+    loras = {  # file name: (contents, format words, layers)
+        "loha.safetensors": (fixtures.loha_state_dict(base, conv=True, tucker=True), "LyCORIS LoHa", layers),
+        "lokr.safetensors": (fixtures.lokr_state_dict(base, conv=True, mode="tucker"), "LyCORIS LoKr", layers),
+        "pytorch_lora_weights.safetensors": (fixtures.kohya_to_diffusers_lora(kohya, base), "diffusers LoRA", layers),
+        "adapter_model.safetensors": ({k: v for k, v in fixtures.kohya_to_diffusers_lora(kohya, base, "peft").items()
+                                       if ".text_model." not in k}, "PEFT LoRA", layers - text_layers),
+    }
+    for name, (state, words, count) in loras.items():
+        path = str(fixtures.save(state, tmp_path / name))
+        assert main(["inspect", path]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("lora ") and words in text and f"layers: {count}\n" in text and "rank: " in text, text
+        out = tmp_path / f"{name}.gif"
+        assert _generate(files, out, "--lora", path + ":0.7") == 0 and out.exists()

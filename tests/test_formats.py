@@ -52,8 +52,8 @@ def test_every_other_kind(tmp_path):
         (domain_adapter_state_dict(sd15.unet, rank=4), "adapter.ckpt", "domain-adapter", "v3", "sd15"),
         (sparsectrl_state_dict(sd15.unet, "rgb"), "rgb.ckpt", "sparsectrl", "rgb", "sd15"),
         (sparsectrl_state_dict(sd15.unet, "scribble"), "scribble.ckpt", "sparsectrl", "scribble", "sd15"),
-        (kohya_lora_state_dict(sd15, rank=4), "k15.safetensors", "lora", None, "sd15"),
-        (kohya_lora_state_dict(sdxl, rank=4, style="ldm"), "kxl.safetensors", "lora", None, "sdxl"),
+        (kohya_lora_state_dict(sd15, rank=4), "k15.safetensors", "lora", "kohya", "sd15"),
+        (kohya_lora_state_dict(sdxl, rank=4, style="ldm"), "kxl.safetensors", "lora", "kohya", "sdxl"),
         (ldm_checkpoint(sd15), "sd15.safetensors", "sd15-checkpoint", None, "sd15"),
         (ldm_checkpoint(sdxl), "sdxl.safetensors", "sdxl-checkpoint", None, "sdxl"),
         (dict(tiny_unet().state_dict()), "unet.safetensors", "diffusers-unet", None, "sd15"),
@@ -79,3 +79,90 @@ def test_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserInputError, match="empty: folder is neither"):
         describe_file(tmp_path / "empty")
+
+
+# ---- every community LoRA format: its name, rank and layer count ---------------------------------------------
+from fixtures import (  # noqa: E402
+    diffusers_motion_state_dict, kohya_to_diffusers_lora, lokr_state_dict, loha_state_dict, motion_lora_state_dict as _mlora,
+)
+
+
+def _lora_cases():
+    sd15, sdxl = tiny_base_model(), tiny_base_model(sdxl=True)
+    kohya = kohya_lora_state_dict(sd15, rank=4, conv=True)
+    layers = len({k.partition(".")[0] for k in kohya})
+    peft = kohya_to_diffusers_lora(kohya, sd15, "peft")
+    return {  # name: (state, version, format words, rank, layers, base)
+        "kohya": (kohya, "kohya", "kohya LoRA", 4, layers, "sd15"),
+        "loha": (loha_state_dict(sd15, rank=4, conv=True, tucker=True), "loha", "LyCORIS LoHa", 4, layers, "sd15"),
+        "lokr": (lokr_state_dict(sd15, rank=2, mode="both", conv=True), "lokr", "LyCORIS LoKr", 2, layers, "sd15"),
+        "lokr-full": (lokr_state_dict(sd15, mode="full"), "lokr", "LyCORIS LoKr", "full", layers - 8, "sd15"),
+        "diffusers": (kohya_to_diffusers_lora(kohya, sd15), "diffusers", "diffusers LoRA", 4, layers, "sd15"),
+        "diffusers-old": (kohya_to_diffusers_lora(kohya, sd15, "old"), "diffusers", "diffusers LoRA", 4, layers, "sd15"),
+        "peft-unet": ({k: v for k, v in peft.items() if ".text_model." not in k}, "peft", "PEFT LoRA", 4, layers - 12, "sd15"),
+        "peft-text": ({k: v for k, v in peft.items() if ".text_model." in k}, "peft", "PEFT LoRA", 4, 12, ""),
+        "sdxl-diffusers": (kohya_to_diffusers_lora(kohya_lora_state_dict(sdxl, rank=8), sdxl), "diffusers", "diffusers LoRA", 8,
+                           len({k.partition(".")[0] for k in kohya_lora_state_dict(sdxl)}), "sdxl"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_lora_cases()))
+def test_inspect_names_every_lora_format_rank_and_layers(tmp_path, case):
+    state, version, words, rank, layers, base = _lora_cases()[case]
+    description = describe_file(save(state, tmp_path / f"{case}.safetensors"))
+    assert (description.kind, description.version, description.base) == ("lora", version, base)
+    assert (description.details["rank"], description.details["layers"]) == (rank, layers)
+    assert words in description.details["format"] and words in description.summary()
+    assert description.num_params == sum(v.numel() for v in state.values())
+
+
+def test_processor_format_lora_is_not_called_a_domain_adapter(tmp_path):
+    """The official adapter holds q/k/v/out of attn1+attn2 in all 16 SD1.5 transformer blocks at rank 128; a
+    processor-format LoRA without those sizes (and not named *adapter*) is what it is."""
+    unet = tiny_unet()
+    adapter = domain_adapter_state_dict(unet, rank=4)
+    plain = describe_file(save({"unet." + k: v for k, v in adapter.items()}, tmp_path / "pytorch_lora_weights.safetensors"))
+    assert (plain.kind, plain.version) == ("processor-lora", None)
+    assert "processor-format LoRA (domain adapter layout)" in plain.summary() and "domain-adapter" not in plain.summary()
+    assert (plain.details["rank"], plain.details["layers"]) == (4, len(adapter) // 2)
+    named = describe_file(save(adapter, tmp_path / "v3_sd15_adapter.ckpt"))
+    assert (named.kind, named.version) == ("domain-adapter", "v3")
+    partial = {k: v for k, v in adapter.items() if ".attn1." in k}  # attn1 only: not the adapter's layout
+    assert describe_file(save(partial, tmp_path / "my_adapter.ckpt")).kind == "processor-lora"
+    # the official sizes, as shapes only (no tensors needed): 16 blocks, rank 128, cross-attention input 768
+    blocks = [f"down_blocks.{i}.attentions.{j}" for i in range(3) for j in range(2)] + ["mid_block.attentions.0"] + \
+             [f"up_blocks.{i}.attentions.{j}" for i in range(1, 4) for j in range(3)]
+    shapes = {}
+    for block in blocks:
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out"):
+                prefix = f"{block}.transformer_blocks.0.{attn}.processor.{proj}_lora"
+                shapes[f"{prefix}.down.weight"] = (128, 768 if attn == "attn2" and proj in ("to_k", "to_v") else 320)
+                shapes[f"{prefix}.up.weight"] = (320, 128)
+    official = detect_kind(shapes)
+    assert (official.kind, official.version, official.base, official.details["layers"]) == ("domain-adapter", "v3", "sd15", 128)
+
+
+def test_diffusers_copy_of_animatelcm_is_animatelcm(tmp_path):
+    """Every v2 release stores a position encoding in each transformer block (diffusers layout); diffusers' copy of
+    AnimateLCM holds only part of them (AnimateLCM itself deleted them), which tells it apart."""
+    from animatediff.weights.load import load_motion_modules
+
+    complete = diffusers_motion_state_dict("v2")
+    assert detect_kind(complete).version == "v2"
+    for holds in (lambda block: not block.startswith("mid_block."), lambda block: block.startswith("mid_block.")):
+        partial = diffusers_motion_state_dict("v2", pe_in=holds)
+        description = describe_file(save(partial, tmp_path / "diffusion_pytorch_model.safetensors"))
+        assert (description.kind, description.version) == ("motion-module", "animatelcm")
+        assert "of 7 places" in description.details["position_encoding"]
+        motion = load_motion_modules(tmp_path / "diffusion_pytorch_model.safetensors")
+        assert motion.config.name == "animatelcm" and motion.config.position_encoding_length == 64
+    assert load_motion_modules(save(complete, tmp_path / "v2.safetensors")).config.name == "v2"
+    lightning = save(diffusers_motion_state_dict("v2", pe_in=lambda b: b.startswith("up_")), tmp_path / "animatediff_lightning_4step.safetensors")
+    assert describe_file(lightning).version == "lightning"  # the file name still wins
+
+
+def test_motion_lora_in_any_lora_format_is_reported_as_motion_lora():
+    state = {"unet." + k.replace("processor.", "").replace("_lora.down.weight", ".lora_A.weight").replace("_lora.up.weight", ".lora_B.weight"): v
+             for k, v in _mlora("v2").items()}
+    assert detect_kind(state).kind == "motion-lora"

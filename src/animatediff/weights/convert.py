@@ -242,3 +242,53 @@ def processor_lora_to_kohya(state_dict: dict[str, torch.Tensor]) -> dict[str, to
             out[f"{layer}.alpha"] = torch.tensor(float(value.shape[0]), dtype=value.dtype)
     assert len(out) == len(state_dict) * 3 // 2, "every down needs its up"
     return out
+
+
+# ---- diffusers / PEFT LoRA keys -> kohya names -------------------------------------------------------------
+# One naming for every community LoRA: ``lora.kohya_layer_names`` owns the kohya names of a model's layers, and
+# diffusers/PEFT files are renamed into them (``<module>`` with ``.`` -> ``_``), so one table decides what matches.
+# The LoRA's own part names become kohya's (``lora_A`` is kohya's ``lora_down``, ``lora_B`` its ``lora_up``).
+_DIFFUSERS_LORA_PARTS = (
+    (".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),  # PEFT / diffusers >= 0.24
+    (".lora.down.weight", "lora_down.weight"), (".lora.up.weight", "lora_up.weight"),  # diffusers 0.21-0.23 UNet
+    (".lora_linear_layer.down.weight", "lora_down.weight"), (".lora_linear_layer.up.weight", "lora_up.weight"),  # text encoder
+    (".alpha", "alpha"),  # diffusers' network_alphas, saved next to the weights
+)
+PEFT_PREFIX = "base_model.model."
+
+
+def _text_encoder_layer(prefix: str, module: str) -> str:
+    # kohya always spells the text_model level (transformers 5 modules have none)
+    return prefix + ("text_model." + module.removeprefix("text_model.")).replace(".", "_")
+
+
+def diffusers_lora_key_to_kohya(key: str, sdxl: bool = False, peft_text_prefix: str | None = None) -> tuple[str, str] | None:
+    """One diffusers/PEFT LoRA key -> (kohya layer name, kohya part), or None for a key of no such form.
+
+    ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` ->
+    (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``, ``lora_down.weight``);
+    ``text_encoder.`` -> ``lora_te_`` (SDXL: ``lora_te1_``), ``text_encoder_2.`` -> ``lora_te2_``; PEFT's
+    ``base_model.model.`` names the UNet, or a text encoder when the module is ``text_model.*`` (SDXL: which
+    one is ``peft_text_prefix``, default the first). Processor-format keys (``<module>.processor.to_q_lora.down.weight``,
+    optionally ``unet.``-prefixed) name the ``<module>.to_q`` layer."""
+    te1 = "lora_te1_" if sdxl else "lora_te_"
+    processor = parse_processor_lora_key(key.removeprefix("unet."))
+    if processor is not None:
+        target, part = processor
+        return "lora_unet_" + target.removesuffix(".weight").replace(".", "_"), f"lora_{part}.weight"
+    suffix, part = next(((s, p) for s, p in _DIFFUSERS_LORA_PARTS if key.endswith(s)), (None, None))
+    if suffix is None:
+        return None
+    module = key[: -len(suffix)]
+    if module.startswith("unet."):
+        return "lora_unet_" + module.removeprefix("unet.").replace(".", "_"), part
+    if module.startswith("text_encoder."):
+        return _text_encoder_layer(te1, module.removeprefix("text_encoder.")), part
+    if module.startswith("text_encoder_2."):
+        return _text_encoder_layer("lora_te2_", module.removeprefix("text_encoder_2.")), part
+    if module.startswith(PEFT_PREFIX):
+        module = module.removeprefix(PEFT_PREFIX)
+        if module.startswith(("text_model.", "encoder.layers.")):
+            return _text_encoder_layer(peft_text_prefix or te1, module), part
+        return "lora_unet_" + module.replace(".", "_"), part
+    return None

@@ -2,7 +2,9 @@
 through ``torch.load(weights_only=True)``, so a file can never run code on this machine.
 
 Every failure (missing, truncated, corrupt, a pickle that wants to execute code) becomes one
-``UserInputError`` line that names the file and the problem.
+``UserInputError`` line that names the file and the problem. When a file fails to load, its first bytes say
+what it really is (an empty file, a Git LFS pointer, a saved web page, JSON, text) and the error says that;
+torch's advice to retry with ``weights_only=False`` is never passed on (it would run the file's code).
 """
 
 from __future__ import annotations
@@ -71,7 +73,44 @@ def _unwrap(obj: object) -> object:
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
+    if "Weights only load failed" in text:  # keep torch's reason, drop its advice to load with weights_only=False
+        reason = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
+        text = f"not a PyTorch checkpoint ({reason})" if "WeightsUnpickler error:" in text else "not a PyTorch checkpoint"
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def sniff(path: Path) -> str | None:
+    """What a file that failed to load actually is, from its first bytes (``"is an HTML page ..."``), or None
+    when they look like no known non-weight file (then it is a truncated or corrupt weight file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    if not head:
+        return "is empty (0 bytes; an interrupted download?), not a checkpoint"
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()  # a UTF-8 byte-order mark, leading blank lines
+    if text.startswith(b"version https://git-lfs.github.com/spec/"):
+        return "is a Git LFS pointer, not the weights: run git lfs pull in the repository it came from"
+    lower = text[:512].lower()
+    if lower.startswith((b"<!doctype html", b"<html")) or b"<html" in lower:
+        return "is an HTML page (a download that saved the web page?), not a checkpoint"
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:  # a multi-byte character cut at the end of the sample is still text
+            return None
+        decoded = head[: error.start].decode("utf-8")
+    if "\x00" in decoded or any(not c.isprintable() and c not in "\t\r\n" for c in decoded):
+        return None
+    first = " ".join(decoded.split())[:60]
+    kind = "a JSON file" if text[:1] in (b"{", b"[") else "a text file"
+    return f"is {kind}, not a checkpoint (it begins: {first!r})"
+
+
+def _unreadable(path: Path, fallback: str) -> UserInputError:
+    """The error for a file that did not load: what its bytes show it is, else ``fallback``."""
+    return UserInputError(f"{path}: {sniff(path) or fallback}")
 
 
 def read_state_dict(path: str | Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
@@ -93,7 +132,7 @@ def read_state_dict(path: str | Path, *, mmap: bool = True) -> dict[str, torch.T
     except pickle.UnpicklingError as error:
         detail = " ".join(str(error).split())
         if "Unsupported global" not in detail and "GLOBAL" not in detail:
-            raise UserInputError(f"{path}: cannot read checkpoint (truncated or corrupt?): {_one_line(error)}") from None
+            raise _unreadable(path, f"cannot read checkpoint (truncated or corrupt?): {_one_line(error)}") from None
         unsupported = detail.split("Unsupported global:")[-1].split(" was not")[0].strip() if "Unsupported global" in detail else ""
         what = f" ({unsupported})" if unsupported else ""
         raise UserInputError(
@@ -101,9 +140,9 @@ def read_state_dict(path: str | Path, *, mmap: bool = True) -> dict[str, torch.T
             f"accepted (convert it to .safetensors from a source you trust)"
         ) from None
     except SafetensorError as error:
-        raise UserInputError(f"{path}: not a valid safetensors file (truncated or corrupt): {_one_line(error)}") from None
+        raise _unreadable(path, f"not a valid safetensors file (truncated or corrupt): {_one_line(error)}") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError, TypeError) as error:
-        raise UserInputError(f"{path}: cannot read checkpoint (truncated or corrupt?): {_one_line(error)}") from None
+        raise _unreadable(path, f"cannot read checkpoint (truncated or corrupt?): {_one_line(error)}") from None
     obj = _unwrap(raw)
     if not isinstance(obj, dict):
         raise UserInputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
@@ -130,7 +169,7 @@ def read_keys(path: str | Path) -> dict[str, tuple[int, ...]]:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except SafetensorError as error:
-            raise UserInputError(f"{path}: not a valid safetensors file (truncated or corrupt): {_one_line(error)}") from None
+            raise _unreadable(path, f"not a valid safetensors file (truncated or corrupt): {_one_line(error)}") from None
     return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 

@@ -1,21 +1,28 @@
-"""LoRA merging into loaded weights: community kohya LoRAs (base model), MotionLoRA (motion modules) and
-the v3 domain adapter (spatial attention), all as ``W += scale * up @ down``, undone bit-exactly by
-``unmerge`` (each handle keeps a copy of the weights it changed).
+"""LoRA merging into loaded weights: community LoRAs (base model), MotionLoRA (motion modules) and the v3
+domain adapter (spatial attention), all as ``W += scale * factor * ΔW`` (``deltas.py``: ``ΔW`` and ``factor``
+of each family), undone bit-exactly by ``unmerge`` (each handle keeps a copy of the weights it changed).
 
-Formats:
+Formats (``--lora``; every one is renamed into the kohya names of ``kohya_layer_names``, the one table of names):
 - kohya: ``lora_unet_<layer>`` / ``lora_te_<layer>`` (SDXL ``lora_te1_``/``lora_te2_``) with ``.lora_down.weight``
   (r, in[, kh, kw]), ``.lora_up.weight`` (out, r[, 1, 1]) and optional ``.alpha``; ``<layer>`` is a diffusers
   module name (``down_blocks_0_attentions_0_...``) or an LDM one (``input_blocks_4_1_...``) with ``.`` -> ``_``.
-- processor (official MotionLoRA ``v2_lora_*.ckpt`` and ``v3_sd15_adapter.ckpt``):
-  ``<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``; the target is ``<module>.to_{q,k,v,out.0}.weight``.
+- LyCORIS LoHa (``.hada_w1_a`` ...) and LoKr (``.lokr_w1`` ...) under the same kohya layer names.
+- diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``.lora_B.weight`` (``text_encoder.``, ``text_encoder_2.``,
+  PEFT ``base_model.model.``; older ``.lora.down``/``.lora_linear_layer.down``), ``<prefix>.<module>.alpha``
+  (diffusers' network alphas; none: factor 1, as diffusers does); a PEFT ``adapter_config.json`` next to the file
+  gives ``lora_alpha``.
+- processor (official MotionLoRA ``v2_lora_*.ckpt``, ``v3_sd15_adapter.ckpt``, old diffusers attention-processor
+  LoRAs): ``<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``; the target is ``<module>.to_{q,k,v,out.0}.weight``,
+  merged with factor 1 (the official ``W += alpha * up @ down``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from dataclasses import dataclass, field
-from math import prod
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,8 +31,11 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..components import BaseModel
 from ..errors import UserInputError
 from ..motion_module import MotionModules
-from .convert import motion_module_from_diffusers, parse_processor_lora_key, unet_name_to_ldm
-from .detect import is_diffusers_motion_layout
+from .convert import (
+    PEFT_PREFIX, diffusers_lora_key_to_kohya, motion_module_from_diffusers, parse_processor_lora_key, unet_name_to_ldm,
+)
+from .deltas import Delta, family_of, layer_delta
+from .detect import KOHYA_PREFIXES, is_diffusers_motion_layout
 from .files import examples, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -35,11 +45,10 @@ _BASE_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
 @dataclass(eq=False)
 class _Merge:
-    """One ``param += factor * up @ down`` and ``saved``, the parameter as it was before (its dtype, its device)."""
+    """One ``param += factor * ΔW`` and ``saved``, the parameter as it was before (its dtype, its device)."""
 
     param: nn.Parameter
-    up: torch.Tensor
-    down: torch.Tensor
+    delta: Delta
     factor: float
     saved: torch.Tensor | None = None
 
@@ -52,7 +61,7 @@ _STACKS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # nn.Parameter -> list[wea
 def _merge(merge: _Merge) -> None:
     with torch.no_grad():
         merge.saved = merge.param.detach().clone()
-    _add_delta(merge.param, merge.up, merge.down, merge.factor)
+    _add_delta(merge.param, merge.delta, merge.factor)
     _STACKS.setdefault(merge.param, []).append(weakref.ref(merge))
 
 
@@ -67,12 +76,12 @@ def _unmerge(merge: _Merge) -> None:
         if not above:
             merge.param.copy_(merge.saved)
         else:
-            _add_delta(merge.param, merge.up, merge.down, -merge.factor)
+            _add_delta(merge.param, merge.delta, -merge.factor)
             nearest = next((m for m in above if m is not None), None)  # None: only permanent merges above
             if nearest is not None and nearest is above[0]:  # merged right onto ours: our base is exactly its base now
                 nearest.saved = merge.saved
             elif nearest is not None:  # a permanent merge lies between: its part of nearest.saved must stay
-                _add_delta(nearest.saved, merge.up, merge.down, -merge.factor)
+                _add_delta(nearest.saved, merge.delta, -merge.factor)
     del stack[i]
     while stack and stack[0]() is None:  # permanent merges at the bottom need no bookkeeping
         del stack[0]
@@ -112,13 +121,10 @@ class LoraHandle:
         self.merged = False
 
 
-def _add_delta(param: torch.Tensor, up: torch.Tensor, down: torch.Tensor, factor: float) -> None:
-    """``param += factor * up @ down``; conv factors are flattened: (out, r) @ (r, in*kh*kw) -> (out, in, kh, kw).
-
-    A 3x3 down conv followed by a 1x1 up conv (LoCon) is exactly the 3x3 conv with this kernel."""
+def _add_delta(param: torch.Tensor, delta: Delta, factor: float) -> None:
+    """``param += factor * ΔW``, computed in float32 on the parameter's device and rounded once to its dtype."""
     with torch.no_grad():
-        delta = up.flatten(1).to(param.device, torch.float32) @ down.flatten(1).to(param.device, torch.float32)
-        param.add_((factor * delta).reshape(param.shape).to(param.dtype))
+        param.add_((factor * delta.weight(param.shape, param.device)).to(param.dtype))
 
 
 def _read(source, what: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -127,26 +133,27 @@ def _read(source, what: str) -> tuple[dict[str, torch.Tensor], str]:
     return read_state_dict(source, mmap=False), str(source)
 
 
-def _fits(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> bool:
-    if up.shape[0] != weight.shape[0] or up.flatten(1).shape[1] != down.shape[0]:
-        return False
-    if weight.ndim == 4 and down.ndim == 4 and down.shape[2:] != weight.shape[2:]:
-        return False
-    return prod(down.shape[1:]) == prod(weight.shape[1:])
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _merge_all(pairs: dict[str, tuple[nn.Parameter, torch.Tensor, torch.Tensor, float]], name: str, target: str,
-               scale: float) -> LoraHandle:
-    wrong = [(k, tuple(p.shape), tuple(up.shape), tuple(down.shape)) for k, (p, up, down, _) in pairs.items() if not _fits(p, up, down)]
+def _low_rank(up: torch.Tensor, down: torch.Tensor) -> Delta:
+    return Delta("lora", {"lora_up.weight": up, "lora_down.weight": down}, int(down.shape[0]), 1.0)
+
+
+def _merge_all(pairs: dict[str, tuple[nn.Parameter, Delta, float]], name: str, target: str, scale: float) -> LoraHandle:
+    """Merge every ``(parameter, delta, factor)``, after checking that all of them fit (nothing merged otherwise)."""
+    wrong = [(k, tuple(p.shape), d) for k, (p, d, _) in pairs.items() if not d.fits(tuple(p.shape))]
     if wrong:
-        layer, weight, up, down = wrong[0]
+        layer, weight, delta = wrong[0]
+        shapes = " / ".join(f"{k} {tuple(v.shape)}" for k, v in delta.parts.items())
         raise UserInputError(
-            f"{name}: {len(wrong)} LoRA layers do not fit this {target} (e.g. {layer}: up {up} / down {down} "
+            f"{name}: {len(wrong)} LoRA layers do not fit this {target} (e.g. {layer}: {shapes} "
             f"against weight {weight}); is it made for another base model?"
         )
     handle = LoraHandle(source=name, scale=scale)
-    for param, up, down, factor in pairs.values():
-        handle.merges.append(_Merge(param, up, down, factor))
+    for param, delta, factor in pairs.values():
+        handle.merges.append(_Merge(param, delta, factor))
         _merge(handle.merges[-1])
     logger.info("%s: merged %d layers at scale %g", name, handle.num_layers, scale)
     return handle
@@ -171,34 +178,93 @@ def kohya_layer_names(base: BaseModel) -> dict[str, nn.Module]:
     return names
 
 
+def _peft_alpha(path) -> float | None:
+    """``lora_alpha`` of the PEFT ``adapter_config.json`` next to ``path``; None when there is none."""
+    config_path = Path(path).with_name("adapter_config.json") if not isinstance(path, dict) else None
+    if config_path is None or not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{config_path}: unreadable PEFT adapter config ({error})") from None
+    unsupported = [k for k in ("use_rslora", "use_dora", "alpha_pattern") if config.get(k)]
+    if unsupported:
+        raise UserInputError(f"{config_path}: PEFT {', '.join(unsupported)} is not supported")
+    alpha = config.get("lora_alpha")
+    return float(alpha) if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else None
+
+
+def _kohya_groups(state_dict: dict[str, torch.Tensor], name: str, sdxl: bool, text_prefix: str | None = None):
+    """``({kohya layer: {kohya part: tensor}}, {kohya layer: [the file's keys]})`` for a file in any community
+    LoRA format (module docstring); ``UserInputError`` for keys of no known LoRA form."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    origin: dict[str, list[str]] = {}
+    foreign = []
+    for key, value in state_dict.items():
+        if key.startswith(KOHYA_PREFIXES):
+            layer, _, part = key.partition(".")
+        else:
+            converted = diffusers_lora_key_to_kohya(key, sdxl, text_prefix)
+            if converted is None:
+                foreign.append(key)
+                continue
+            layer, part = converted
+        groups.setdefault(layer, {})[part] = value
+        origin.setdefault(layer, []).append(key)
+    if foreign:
+        raise UserInputError(
+            f"{name}: not a LoRA of a known format: keys of no kohya/LyCORIS (lora_unet_, lora_te_), diffusers/PEFT "
+            f"(lora_A/lora_B) or processor-format form: {len(foreign)}, e.g. {examples(foreign)}"
+        )
+    return groups, origin
+
+
+def _all_fit(groups: dict[str, dict[str, torch.Tensor]], layers: dict[str, nn.Module], prefix: str) -> bool:
+    """Whether every layer of ``groups`` named ``prefix*`` is a layer of the model and fits it."""
+    def fits(layer, parts):
+        try:
+            return layer in layers and layer_delta(parts).fits(tuple(layers[layer].weight.shape))
+        except ValueError:
+            return False
+    return all(fits(layer, parts) for layer, parts in groups.items() if layer.startswith(prefix))
+
+
 def apply_lora(base: BaseModel, path, scale: float) -> LoraHandle:
-    """Merge a kohya LoRA into ``base`` at ``scale``, scaled the way its authors intended (kohya's alpha/rank)."""
+    """Merge a community LoRA into ``base`` at ``scale``, scaled the way its training tool did (``alpha/rank``
+    where an alpha is stored): kohya LoRA/LoCon, LyCORIS LoHa/LoKr, diffusers and PEFT LoRAs, processor-format
+    UNet LoRAs. ``UserInputError`` (nothing merged) for other files, unknown layers or layers that do not fit."""
     state_dict, name = _read(path, "LoRA")
     target = f"{_BASE_NAMES.get(base.kind, base.kind)} model"
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        layer, _, part = key.partition(".")
-        groups.setdefault(layer, {})[part] = value
-    foreign = [k for k in groups if not k.startswith(("lora_unet_", "lora_te"))]
-    if foreign:
-        raise UserInputError(f"{name}: not a kohya LoRA: {len(foreign)} keys without lora_unet_/lora_te prefixes (e.g. {examples(foreign)})")
-    unsupported = sorted({f"{layer}.{part}" for layer, parts in groups.items() for part in parts
-                          if part not in ("lora_down.weight", "lora_up.weight", "alpha")})
-    if unsupported:
-        raise UserInputError(f"{name}: unsupported LoRA tensors (LoHa/LoKr/DoRA/Tucker?), e.g. {examples(unsupported)}")
+    if any(".motion_modules." in k for k in state_dict):
+        raise UserInputError(f"{name}: this is a MotionLoRA (motion_modules keys), not a LoRA for the base model")
     layers = kohya_layer_names(base)
+    groups, origin = _kohya_groups(state_dict, name, base.is_sdxl)
+    if base.is_sdxl and any(k.startswith(PEFT_PREFIX + "text_model.") for k in state_dict) \
+            and not _all_fit(groups, layers, "lora_te1_"):
+        # A PEFT file does not say which of SDXL's text encoders it adapts: the second one, if its layers fit there.
+        second, second_origin = _kohya_groups(state_dict, name, True, "lora_te2_")
+        if _all_fit(second, layers, "lora_te2_"):
+            groups, origin = second, second_origin
+    unsupported = sorted(f"{layer}.{part}" for layer, parts in groups.items() for part in parts
+                         if part != "alpha" and family_of(part) is None)
+    if unsupported:
+        raise UserInputError(f"{name}: {_count(len(unsupported), 'unsupported LoRA tensor')} (DoRA, LoCon Tucker, (IA)^3, OFT?), "
+                             f"e.g. {examples(unsupported)}")
     unmatched = [k for k in groups if k not in layers]
     if unmatched:
-        raise UserInputError(f"LoRA {name}: {len(unmatched)} keys match no layer of this {target}, e.g. {examples(unmatched)}")
+        keys = [key for layer in unmatched for key in origin[layer]]
+        raise UserInputError(f"LoRA {name}: keys without a matching layer in this {target}: {len(keys)} "
+                             f"({_count(len(unmatched), 'layer')}), e.g. {examples(keys)}")
+    peft_alpha = _peft_alpha(path) if any(k.startswith(PEFT_PREFIX) for k in state_dict) else None
     pairs = {}
     for layer, parts in groups.items():
-        if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
-            raise UserInputError(f"{name}: layer {layer} lacks its lora_down/lora_up pair")
-        down, up = parts["lora_down.weight"], parts["lora_up.weight"]
-        # Why alpha/rank: kohya trains with that factor in the forward pass, so the merge needs it to match
-        # what the LoRA's author saw. (The official AnimateDiff convert_lora ignores alpha.)
-        factor = scale * (float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0)
-        pairs[layer] = (layers[layer].weight, up, down, factor)
+        if peft_alpha is not None and "alpha" not in parts:
+            parts["alpha"] = torch.tensor(peft_alpha)
+        try:
+            delta = layer_delta(parts)
+        except ValueError as error:
+            raise UserInputError(f"{name}: layer {layer} {error}") from None
+        pairs[layer] = (layers[layer].weight, delta, scale * delta.factor)
     return _merge_all(pairs, name, target, scale)
 
 
@@ -221,9 +287,10 @@ def _processor_pairs(state_dict: dict[str, torch.Tensor], name: str) -> dict[str
 
 def _processor_merge(params: dict[str, nn.Parameter], pairs, name: str, target: str, scale: float) -> LoraHandle:
     unmatched = [k for k in pairs if k not in params]
-    if unmatched:
-        raise UserInputError(f"{name}: {len(unmatched)} keys match no layer of this {target}, e.g. {examples(unmatched)}")
-    return _merge_all({k: (params[k], up, down, scale) for k, (up, down) in pairs.items()}, name, target, scale)
+    if unmatched:  # each target is a down/up pair of keys in the file
+        raise UserInputError(f"{name}: keys without a matching layer in this {target}: {2 * len(unmatched)} "
+                             f"({_count(len(unmatched), 'layer')}), e.g. {examples(unmatched)}")
+    return _merge_all({k: (params[k], _low_rank(up, down), scale) for k, (up, down) in pairs.items()}, name, target, scale)
 
 
 def apply_motion_lora(motion: MotionModules, path, alpha: float) -> LoraHandle:
