@@ -103,6 +103,20 @@ _UNET_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0", ".proj_in", ".proj_out"
 _TEXT_TARGETS = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
 
 
+def _unet_wanted(name: str, module: nn.Module, conv: bool | str) -> bool:
+    """Whether a LoRA of ``conv`` kind adapts this UNet layer: attention projections always; ``conv=True`` adds
+    the ResNets' ``conv1``; ``conv="all"`` every layer kohya's LoCon (``conv_dim``) and LyCORIS adapt outside
+    attention: ResNet ``conv1``/``conv2``/``conv_shortcut``/``time_emb_proj`` and the down/upsampler convs."""
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        return False
+    if name.endswith(_UNET_TARGETS) and ".attentions." in name:
+        return True
+    if conv == "all":
+        return (".resnets." in name or ".downsamplers." in name or ".upsamplers." in name) and \
+            name.endswith((".conv1", ".conv2", ".conv_shortcut", ".time_emb_proj", ".conv"))
+    return bool(conv) and isinstance(module, nn.Conv2d) and ".resnets." in name and name.endswith(".conv1")
+
+
 def _kohya_layers(prefix: str, named: dict[str, nn.Module], rank: int, alpha: float | None, g) -> dict[str, torch.Tensor]:
     out = {}
     for kohya, module in named.items():
@@ -121,16 +135,14 @@ def _kohya_layers(prefix: str, named: dict[str, nn.Module], rank: int, alpha: fl
 
 def kohya_lora_state_dict(
     base: BaseModel, *, rank: int = 4, alpha: float | None = 2.0, style: str = "diffusers", text_encoder: bool = True,
-    conv: bool = False, seed: int = 0,
+    conv: bool | str = False, seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """A kohya LoRA for ``base``: ``lora_unet_*`` in diffusers-style or LDM-style names, ``lora_te_*``
-    (SDXL: ``lora_te1_``/``lora_te2_``), with optional ``.alpha`` and 3x3 conv (LoCon) layers."""
+    (SDXL: ``lora_te1_``/``lora_te2_``), with optional ``.alpha`` and conv (LoCon) layers (``_unet_wanted``)."""
     g = torch.Generator().manual_seed(seed)
     unet_layers = {}
     for name, module in base.unet.named_modules():
-        wanted = name.endswith(_UNET_TARGETS) and ".attentions." in name
-        wanted |= conv and isinstance(module, nn.Conv2d) and ".resnets." in name and name.endswith(".conv1")
-        if wanted and isinstance(module, (nn.Linear, nn.Conv2d)):
+        if _unet_wanted(name, module, conv):
             ldm_or_diffusers = unet_name_to_ldm(name, base.unet.config) if style == "ldm" else name
             unet_layers[ldm_or_diffusers.replace(".", "_")] = module
     out = _kohya_layers("lora_unet_", unet_layers, rank, alpha, g)
@@ -144,14 +156,12 @@ def kohya_lora_state_dict(
 
 
 # ---- (c2) the other community LoRA formats: LyCORIS LoHa / LoKr, diffusers, PEFT ---------------------------
-def lora_targets(base: BaseModel, *, text_encoder: bool = True, conv: bool = False) -> dict[str, tuple[str, nn.Module]]:
+def lora_targets(base: BaseModel, *, text_encoder: bool = True, conv: bool | str = False) -> dict[str, tuple[str, nn.Module]]:
     """The layers ``kohya_lora_state_dict`` targets: kohya name -> (diffusers module name with its model prefix
     ``unet.``/``text_encoder.``/``text_encoder_2.``, module)."""
     out = {}
     for name, module in base.unet.named_modules():
-        wanted = name.endswith(_UNET_TARGETS) and ".attentions." in name
-        wanted |= conv and isinstance(module, nn.Conv2d) and ".resnets." in name and name.endswith(".conv1")
-        if wanted and isinstance(module, (nn.Linear, nn.Conv2d)):
+        if _unet_wanted(name, module, conv):
             out["lora_unet_" + name.replace(".", "_")] = ("unet." + name, module)
     if text_encoder:
         prefixes = [("lora_te1_", "text_encoder."), ("lora_te2_", "text_encoder_2.")] if base.is_sdxl else [("lora_te_", "text_encoder.")]
@@ -170,7 +180,7 @@ def _shape_of(module: nn.Module) -> tuple[int, int, tuple[int, ...]]:
 
 
 def loha_state_dict(base: BaseModel, *, rank: int = 4, alpha: float | None = 2.0, tucker: bool = False,
-                    conv: bool = False, text_encoder: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+                    conv: bool | str = False, text_encoder: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
     """A LyCORIS LoHa: ``hada_w1_a`` (out, r), ``hada_w1_b`` (r, in*k), the same for w2; with ``tucker``, 3x3 convs
     get ``hada_t1/t2`` (r, r, 3, 3) cores and ``w*_a`` (r, out), ``w*_b`` (r, in), as LyCORIS saves them."""
     g = torch.Generator().manual_seed(seed)
@@ -196,7 +206,7 @@ def _split(n: int) -> tuple[int, int]:
 
 
 def lokr_state_dict(base: BaseModel, *, rank: int = 2, alpha: float | None = 3.0, mode: str = "w2",
-                    conv: bool = False, text_encoder: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+                    conv: bool | str = False, text_encoder: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
     """A LyCORIS LoKr with out = l*k, in = m*n: ``lokr_w1`` (l, m) full or ``lokr_w1_a/_b`` (mode ``both``);
     ``lokr_w2`` (k, n[, kh, kw]) full (mode ``full``) or ``lokr_w2_a`` (k, r) / ``lokr_w2_b`` (r, n*kh*kw)
     (modes ``w2``, ``both``); mode ``tucker``: 3x3 convs get ``lokr_t2`` (r, r, 3, 3), ``w2_a`` (r, k), ``w2_b`` (r, n)."""
@@ -226,7 +236,7 @@ def kohya_to_diffusers_lora(kohya: dict[str, torch.Tensor], base: BaseModel, sty
     layer names). ``style``: ``diffusers`` (``unet.<m>.lora_A.weight``, ``<prefix>.<m>.alpha``), ``old``
     (``unet.<m>.lora.down.weight``, ``text_encoder.<m>.lora_linear_layer.down.weight``), ``peft``
     (``base_model.model.<m>.lora_A.weight``, without the model prefix; no alphas: PEFT keeps them in adapter_config.json)."""
-    names = {kohya_name: module_name for kohya_name, (module_name, _) in lora_targets(base, conv=True).items()}
+    names = {kohya_name: module_name for kohya_name, (module_name, _) in lora_targets(base, conv="all").items()}
     out = {}
     for key, value in kohya.items():
         layer, _, part = key.partition(".")
