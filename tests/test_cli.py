@@ -424,3 +424,21 @@ def test_inspect_and_generate_with_every_lora_format(files, tmp_path, capsys):
         assert text.startswith("lora ") and words in text and f"layers: {count}\n" in text and "rank: " in text, text
         out = tmp_path / f"{name}.gif"
         assert _generate(files, out, "--lora", path + ":0.7") == 0 and out.exists()
+
+
+def test_unwritable_output_folder_is_refused_before_loading(files, tmp_path, capsys, monkeypatch):
+    import os
+
+    from animatediff.api import Animator
+
+    monkeypatch.setattr(Animator, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    real_access = os.access  # as root every folder is writable; the check asks os.access, so deny it there
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    argv = ["-q", "generate", "a red circle", *_model(files), "--motion-module", files["v2"], *FAST,
+            "--out", str(locked / "clip.gif")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out ") and "no permission" in err[0], err
+    assert list(locked.iterdir()) == []

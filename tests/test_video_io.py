@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,12 +197,16 @@ def test_parent_that_is_a_file(tmp_path):
         video_io.check_output(tmp_path / "parent" / "sub" / "clip.gif")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_unwritable_parent(tmp_path):
+def test_unwritable_parent(tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root may write anywhere: make the folder read-only as far as the check can tell
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     with pytest.raises(UserInputError, match="no permission"):
         video_io.check_output(locked / "clip.gif")
+    with pytest.raises(UserInputError, match="no permission"):
+        video_io.check_output(locked / "sub" / "frames")  # a folder that would be created inside it
 
 
 def test_gif_delays_are_rounded_with_a_floor(tmp_path):
