@@ -69,7 +69,7 @@ def read_image(path: str, field: str) -> np.ndarray:
 
 def fit(frames: np.ndarray, width: int, height: int) -> torch.Tensor:
     """uint8 ``(n, H0, W0, 3)`` -> float32 ``(n, 3, height, width)`` in [0, 1]: scaled to cover, centre-cropped."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255  # n H W c -> n c H W
+    x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 255  # n H W c -> n c H W
     h0, w0 = x.shape[-2:]
     scale = max(width / w0, height / h0)
     h1, w1 = max(height, round(h0 * scale)), max(width, round(w0 * scale))
