@@ -13,7 +13,7 @@ one ``torch.Generator("cpu").manual_seed(seed)``: the initial noise ``(b, 4, f, 
 text-to-video), then the VAE posterior sample of the frames (``vae.encode``, chunked as ``decode_chunk_size``),
 then any stochastic sampler noise. So at strength 1.0 the run uses text-to-video's noise and timesteps, but
 starts from ``sqrt(a_t0) z0 + sqrt(1 - a_t0) noise`` (DDIM; Euler: ``z0 + sigma_0 noise``), not from the noise
-alone: the input keeps a small weight (sqrt(a_t0) ~ 0.07 at DDIM's t0 = 961 for 25 steps).
+alone: the input keeps a small weight (sqrt(a_t0) = 0.05 at DDIM's t0 = 961 for 25 steps).
 """
 
 from __future__ import annotations
