@@ -275,3 +275,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(model_files, files, bad_fi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and where in err[0] and expected in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+def test_controlnets_and_video_keys_in_a_prompt_yaml(model_files, files, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"- dreambooth_path: \"{model_files['ldm']}\"\n  motion_module: \"{model_files['v2']}\"\n"
+                      "  prompt: [\"a\"]\n  steps: 2\n  guidance_scale: 7.5\n  W: 32\n  H: 32\n  L: 4\n  seed: 1\n"
+                      f"  video: \"{files['video']}\"\n  strength: 1.0\n  control_preprocess: canny\n"
+                      f"  controlnets:\n    - path: \"{files['cn']}\"\n      strength: 0.5\n      end: 0.5\n")
+    out = tmp_path / "samples"
+    assert main(["-q", "generate", "--config", str(recipe), "--model-config", model_files["folder"], "--out", str(out)]) == 0
+    meta = json.loads(sidecar_path(next(out.glob("*.gif"))).read_text())
+    assert meta["controlnets"] == [{"path": files["cn"], "strength": 0.5, "end": 0.5}] and meta["video"] == files["video"]
+    assert meta["inputs"]["controlnets"][0]["video"] == files["video"]  # no hints of its own: the video's frames

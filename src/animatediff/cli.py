@@ -507,7 +507,7 @@ def add_control_args(parser: argparse.ArgumentParser) -> None:
                        help="hint preprocessing: none (frames used as given, default) or canny (OpenCV edges; the [demo] "
                             "extra); pose, depth etc. are yours to make")
     group.add_argument("--guess-mode", action="store_true", default=None,
-                       help="ControlNets see no prompt's negative half: only the conditional half of guidance gets control")
+                       help="ControlNets only in the conditional half of guidance (the unconditional half gets no control)")
     group.add_argument("--video", metavar="PATH", help="video-to-video input (GIF, MP4, WebP, PNG folder); --frames "
                        "defaults to its frame count; ControlNets without their own hints use its frames")
     group.add_argument("--strength", type=float, metavar="S",
