@@ -37,7 +37,6 @@ import torch
 
 from ..errors import UserInputError
 from . import video_input
-from .conditioning import fold_frames
 
 logger = logging.getLogger(__name__)
 
@@ -257,9 +256,8 @@ class ControlNetProvider:
         dtype = self.model.dtype
         x = latents[rows].transpose(1, 2).reshape(-1, c, h, w).to(dtype)  # b' c f h w -> (b' f) c h w
         hint = cond["control_hint"][rows][:, :, self.index].flatten(0, 1).to(dtype)  # b' f 3 H W -> (b' f) 3 H W
-        text = fold_frames({"encoder_hidden_states": cond["encoder_hidden_states"][rows]}, f)["encoder_hidden_states"]
-        if text.shape[0] != x.shape[0]:  # per clip (b', 77, d): the same text for each of the clip's frames
-            text = text.repeat_interleave(f, dim=0)
+        text = cond["encoder_hidden_states"][rows]  # per clip (b', 77, d) or per frame (b', f, 77, d): conditioning.py
+        text = text.flatten(0, 1) if text.ndim == 4 else text.repeat_interleave(f, dim=0)  # -> (b' f, 77, d)
         down, mid = self.model(x, t, encoder_hidden_states=text.to(dtype), controlnet_cond=hint,
                                conditioning_scale=float(self.spec.strength), guess_mode=self.guess_mode, return_dict=False)
 

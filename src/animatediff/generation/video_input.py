@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def read_video(path: str, field: str) -> tuple[np.ndarray, float | None]:
     """``(frames uint8 (n, H, W, 3), fps or None)`` of a GIF, WebP, MP4 or PNG folder; ``UserInputError``
     naming ``field`` for a missing, unreadable or empty one."""
-    from ..video_io import read_clip  # the package's one reader (video_io imports nothing of generation/)
+    from ..video_io import read_clip  # the package's one reader (a layer below generation/)
 
     if not Path(path).exists():
         raise UserInputError("no such file or folder", field=field, value=path)
