@@ -12,9 +12,9 @@ PACKAGE = Path(animatediff.__file__).parent
 ORDER = [  # lowest first; a module may import its own layer and those below
     ["errors", "presets"],
     ["motion_module", "inflation", "components"],
-    ["weights", "sampling"],
+    ["weights", "sampling", "video_io"],  # video_io: readers for generation's input media (it imports only errors)
     ["generation"],
-    ["video_io", "bundled", "recipes"],
+    ["bundled", "recipes"],
     ["api", "__init__"],
     ["training", "metrics", "evaluate"],
     ["cli", "ui", "__main__"],

@@ -126,7 +126,15 @@ class Animator:
         progress: Progress | None = None,
         **settings,
     ) -> GenerationResult:
-        """Generate one clip; ``settings`` are ``GenerationConfig`` fields (num_frames, width, seed, ...)."""
+        """Generate one clip; ``settings`` are ``GenerationConfig`` fields (num_frames, width, seed, ...).
+
+        ControlNets and video-to-video are fields too: ``controlnets=[{"path": ..., "strength": 0.8, "video": ...}]``,
+        ``control_preprocess="canny"``, ``guess_mode=True``, ``video="in.mp4", strength=0.6`` (generation/controlnet.py,
+        video_input.py); with a ``video`` and no ``num_frames``, the clip has the input's frame count."""
+        if settings.get("video") is not None and "num_frames" not in settings and not isinstance(prompt, GenerationConfig):
+            from .generation.video_input import video_frame_count
+
+            settings["num_frames"] = video_frame_count(settings["video"])[0]
         config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **{**self.defaults, **settings})
         return self.pipeline.generate(config, latents=latents, progress=progress)
 

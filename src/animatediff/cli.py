@@ -143,6 +143,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
     if settings.get("seed") == -1:
         settings["seed"] = None  # -1: a fresh random seed, recorded in the sidecar (also over a recipe's seeds)
     settings.update(_prompt_travel_settings(args))
+    settings.update(_control_settings(args))
     return settings
 
 
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=run_inspect)
 
     add_prompt_travel_args(gen)
+    add_control_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
     return parser
@@ -472,4 +474,78 @@ def _prompt_travel_settings(args: argparse.Namespace) -> dict:
         where = f"--prompt-map-file {args.prompt_map_file},"
         args.field_flags = {**FIELD_FLAGS, **{field: f"{where} {field}" for field in found if field not in settings}}
         settings = {**found, **settings}  # flags (--head-prompt ...) win over the file
+    return settings
+
+
+# ---- ControlNet per frame and video-to-video (generation/controlnet.py, generation/video_input.py) ------------
+CONTROL_FLAGS = {"controlnets": "--controlnet", "control_preprocess": "--preprocess", "guess_mode": "--guess-mode",
+                 "video": "--video", "strength": "--strength"}
+FIELD_FLAGS.update(CONTROL_FLAGS)
+
+
+class _HintAction(argparse.Action):
+    """--control-video / --control-image: one list of (kind, path) in the order given (one per --controlnet)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        hints = getattr(namespace, "control_hints", None) or []
+        setattr(namespace, "control_hints", [*hints, (self.const, value)])
+
+
+def add_control_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "ControlNet and video-to-video",
+        "Inputs are scaled to cover --width x --height and centre-cropped; a shorter video repeats its last frame, "
+        "a longer one is cut to --frames.")
+    group.add_argument("--controlnet", action="append", metavar="FILE[:STRENGTH[:START:END]]",
+                       help="SD1.5 ControlNet: diffusers folder or .safetensors (original or diffusers keys); strength "
+                            "default 1, START:END fractions of the steps (default 0:1); repeatable")
+    group.add_argument("--control-video", action=_HintAction, const="video", dest="control_hints", metavar="PATH",
+                       help="hint frames for the next --controlnet in order: GIF, MP4, WebP or a PNG folder")
+    group.add_argument("--control-image", action=_HintAction, const="image", dest="control_hints", metavar="PATH",
+                       help="one hint image for every frame, for the next --controlnet in order")
+    group.add_argument("--preprocess", type=str.lower, choices=["none", "canny"], metavar="NAME",
+                       help="hint preprocessing: none (frames used as given, default) or canny (OpenCV edges; the [demo] "
+                            "extra); pose, depth etc. are yours to make")
+    group.add_argument("--guess-mode", action="store_true", default=None,
+                       help="ControlNets only in the conditional half of guidance (the unconditional half gets no control)")
+    group.add_argument("--video", metavar="PATH", help="video-to-video input (GIF, MP4, WebP, PNG folder); --frames "
+                       "defaults to its frame count; ControlNets without their own hints use its frames")
+    group.add_argument("--strength", type=float, metavar="S",
+                       help="video-to-video: 0 < S <= 1, the last int(steps*S) steps run (default 0.8)")
+
+
+def _control_settings(args: argparse.Namespace) -> dict:
+    """The ControlNet / video-to-video fields given as flags; every input file is read once here, so a bad one is
+    refused before any model loads."""
+    from .generation import controlnet, video_input
+    from .weights.files import read_keys
+
+    settings = {}
+    hints = getattr(args, "control_hints", None) or []
+    nets = [controlnet.parse_controlnet_arg(text) for text in args.controlnet or []]
+    if len(hints) > len(nets):
+        raise UserInputError(f"{len(hints)} control videos/images for {len(nets)} --controlnet", field="controlnets")
+    for net, (kind, path) in zip(nets, hints):
+        net[kind] = path
+    for net in nets:
+        spec = controlnet.ControlNetSpec.from_value(net)
+        if spec.image is not None:
+            video_input.read_image(spec.image, "controlnets")
+        elif spec.video is not None:
+            video_input.read_video(spec.video, "controlnets")
+        elif args.video is None:
+            raise UserInputError("needs a --control-video or --control-image (or a --video)", field="controlnets", value=spec.path)
+        if Path(spec.path).is_file():
+            read_keys(spec.path)  # a corrupt file fails here, before the base model loads
+    if nets:
+        settings["controlnets"] = nets
+    for name in ("control_preprocess", "guess_mode", "video", "strength"):
+        value = getattr(args, "preprocess" if name == "control_preprocess" else name)
+        if value is not None:
+            settings[name] = value
+    if args.video is not None:
+        count, fps = video_input.video_frame_count(args.video)
+        if args.frames is None:
+            settings["num_frames"] = count
+        logger.info("video %s: %d frames%s", args.video, count, f" at {fps:g} fps" if fps else "")
     return settings

@@ -47,8 +47,10 @@ FIELD_KEYS = {
     "noise_type": "name", "view_context": "name", "view_length": "count", "view_overlap": "whole", "view_fuse": "name",
     "freeinit_iterations": "count", "freeinit_filter": "name", "freeinit_spatial": "number", "freeinit_temporal": "number",
     "freeinit_fast": "flag",
+    # ControlNet and video-to-video (paths: "video" and "controlnets", read by _control_inputs)
+    "control_preprocess": "name", "guess_mode": "flag", "strength": "number",
 }
-READ_KEYS |= set(FIELD_KEYS)
+READ_KEYS |= set(FIELD_KEYS) | {"video", "controlnets"}
 # Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
 # one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
 UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
@@ -371,6 +373,7 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
     for key, kind in FIELD_KEYS.items():
         if job.given(key):
             settings[key], keys[key] = job.typed(key, kind), key
+    settings.update(_control_inputs(job, recipe_dir, keys))
     travel = job.travel_settings()
     settings.update(travel)
     keys.update({name: name for name in travel})
@@ -389,3 +392,23 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
                 keys={**keys, **({"motion_module": "motion_module"} if motion_module else {})},
             ))
     return jobs
+
+
+def _control_inputs(job: _Job, recipe_dir: Path, keys: dict[str, str]) -> dict[str, Any]:
+    """``video`` (a path) and ``controlnets`` (a list of mappings with ``path`` and optional ``strength``, ``start``,
+    ``end``, ``video`` or ``image``, ``config``), paths relative to the YAML; values are checked by the library."""
+    settings: dict[str, Any] = {}
+    if job.given("video"):
+        settings["video"], keys["video"] = _resolve(job.path_value("video"), recipe_dir), "video"
+    if job.given("controlnets"):
+        nets = job.values["controlnets"]
+        if not isinstance(nets, list) or not all(isinstance(n, dict) and isinstance(n.get("path"), str) for n in nets):
+            raise job.fail("controlnets", "expected a list of mappings, each with a path")
+        for i, net in enumerate(nets):
+            for name in ("path", "video", "image", "config"):
+                if net.get(name) is not None and not isinstance(net[name], str):
+                    raise job.fail(f"controlnets[{i}].{name}", "expected a file path", net[name])
+        settings["controlnets"] = [{**n, **{k: _resolve(n[k], recipe_dir) for k in ("path", "video", "image", "config")
+                                            if n.get(k)}} for n in nets]
+        keys["controlnets"] = "controlnets"
+    return settings

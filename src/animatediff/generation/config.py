@@ -73,6 +73,13 @@ class GenerationConfig:
     motion_scale: float | list[float] | None = None  # temporal-attention key scale; a number or one per frame
     motion_effect: float | list[float] | None = None  # motion-module residual blend; a number or one per frame
 
+    # ---- ControlNet per frame and video-to-video (generation/controlnet.py, generation/video_input.py; issue 12) ----
+    controlnets: list[dict] | None = None  # each {"path", "strength": 1, "start": 0, "end": 1, "video" | "image", "config"}
+    control_preprocess: str = "none"  # none | canny: applied to every ControlNet's hint frames
+    guess_mode: bool = False  # ControlNets only in the conditional half of CFG (the unconditional half gets none)
+    video: str | None = None  # video-to-video input: GIF, MP4, WebP or a folder of PNG frames
+    strength: float | None = None  # video-to-video: the last int(steps * strength) steps run; None: 0.8
+
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
         preset = self.scheduler_preset or default_preset
@@ -133,3 +140,14 @@ class GenerationConfig:
         check_freenoise_fields(self, max_frames)
         check_freeinit_fields(self)
         prompt_travel.check_config(self)
+        check_control_fields(self)
+
+
+def check_control_fields(config: GenerationConfig) -> None:
+    """ControlNet and video-to-video fields (issue 12). Imported here: controlnet.py needs conditioning.py,
+    which needs this module."""
+    from .controlnet import check_fields as check_controlnet_fields
+    from .video_input import check_fields as check_video_fields
+
+    check_video_fields(config)
+    check_controlnet_fields(config)

@@ -14,6 +14,8 @@ Extension point: ``residual_providers`` (ControlNet, SparseCtrl, ...). Each is c
 in the public video layout. The residuals of all providers are summed, folded per frame to ``(batch
 num_frames, C, h', w')`` and added by diffusers' ``UNet2DConditionModel`` to its skip connections and mid-block
 output. Both keys are required: diffusers reads down residuals without a mid residual as T2I-Adapter features.
+A provider may return None for a call it sits out (a ControlNet outside its start/end steps, or at strength
+0): without any residuals the UNet call is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..sampling.guidance import Conditioning
 from .conditioning import fold_frames
 
 Residuals = dict[str, "torch.Tensor | tuple[torch.Tensor, ...]"]
-ResidualProvider = Callable[[torch.Tensor, torch.Tensor, Conditioning], Residuals]
+ResidualProvider = Callable[[torch.Tensor, torch.Tensor, Conditioning], "Residuals | None"]
 
 
 def _fold(residual: torch.Tensor) -> torch.Tensor:
@@ -50,9 +52,13 @@ class UNetDenoiser:
         down, mid = None, None
         for provider in self.residual_providers:
             out = provider(latents, t, cond)
+            if out is None:
+                continue
             d, m = out["down_block_additional_residuals"], out["mid_block_additional_residual"]
             down = tuple(d) if down is None else tuple(a + b for a, b in zip(down, d, strict=True))
             mid = m if mid is None else mid + m
+        if down is None:
+            return {}
         dtype = self.unet.dtype
         return {"down_block_additional_residuals": tuple(_fold(r).to(dtype) for r in down),
                 "mid_block_additional_residual": _fold(mid).to(dtype)}

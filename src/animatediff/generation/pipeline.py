@@ -27,9 +27,9 @@ from ..sampling.context import resolve_context, with_context
 from ..sampling.guidance import ClassifierFreeGuidance
 from ..sampling.freeinit import FreeInit, sample_freeinit
 from ..sampling.freenoise import ViewPlan, noise_window, reschedule_noise
-from ..sampling.loop import Progress
+from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import make_scheduler
-from . import prompt_travel, vae as vae_io
+from . import controlnet, prompt_travel, vae as vae_io, video_input
 from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
@@ -67,6 +67,7 @@ class AnimationPipeline:
         except ValueError as e:  # motion module built for another UNet layout
             raise UserInputError(str(e), field="motion_module") from None
         self.denoiser = UNetDenoiser(self.unet)
+        self.controlnets: dict = {}  # loaded ControlNets by (path, config), kept between generations
         self.vae_scale_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)  # 8 for SD/SDXL
 
     def close(self) -> None:
@@ -138,13 +139,22 @@ class AnimationPipeline:
 
         tick = time.perf_counter()
         scheduler = make_scheduler(config.scheduler, config.scheduler_preset, prediction_type=self.base.prediction_type)
-        model = with_context(self.denoiser, config, PER_CLIP_NDIM)  # windows of frames, under CFG
+        # issue 12: video-to-video init latents (VAE draws after the noise) and ControlNet hints in the conditioning
+        init, start_step, video = video_input.init_latents(self.base.vae, config, generator)
+        cond, uncond, nets, hints = controlnet.prepare(self.base, config, cond, uncond,
+                                                       lambda: scheduler.timesteps[start_step * scheduler.order:], self.controlnets)
+        unet_model = UNetDenoiser(self.unet, [*self.denoiser.residual_providers, *nets]) if nets else self.denoiser
+        model = with_context(unet_model, config, {**PER_CLIP_NDIM, **controlnet.PER_CLIP_NDIM})  # windows of frames, under CFG
         denoiser = ClassifierFreeGuidance(model, cond, uncond, config.guidance_scale)
         views = ViewPlan.from_fields(config)  # None: the motion modules see all frames at once
         with self.unet.views(views):
             denoiser = views.track(denoiser, scheduler) if views is not None else denoiser
-            latents = sample_freeinit(denoiser, scheduler, latents, config.steps, FreeInit.from_fields(config),
-                                      generator=generator, eta=config.eta, progress=progress)
+            if init is not None:  # video-to-video: the truncated schedule from the noised input
+                latents = sample(denoiser, scheduler, latents, config.steps, generator=generator, eta=config.eta,
+                                 progress=progress, init=init, start_step=start_step)
+            else:
+                latents = sample_freeinit(denoiser, scheduler, latents, config.steps, FreeInit.from_fields(config),
+                                          generator=generator, eta=config.eta, progress=progress)
         timings["denoise"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -154,6 +164,8 @@ class AnimationPipeline:
         logger.info("generated %d x %d frames at %dx%d in %.1fs", config.num_videos, config.num_frames,
                     config.width, config.height, timings["total"])
         models = {"base_model": self.base.source, "motion_preset": self.motion.config.name if self.motion is not None else None}
+        if video or hints:  # input files with hashes, frame counts, the video's fps
+            models["inputs"] = {"video": video, "controlnets": hints}
         return GenerationResult(frames=frames, latents=latents, seed=config.seed, config=config, timings=timings, models=models)
 
 
