@@ -64,3 +64,32 @@ def randomize_(module: torch.nn.Module, seed: int = 1, std: float = 0.2) -> torc
 @pytest.fixture
 def unet():
     return tiny_unet()
+
+
+# ---- shared module-scoped models (one instance per test module, so a module may change its own) -------------
+@pytest.fixture(scope="module")
+def base():
+    """The tiny SD1.5-layout base model (tests/tiny_models.py)."""
+    from tiny_models import tiny_base_model
+
+    return tiny_base_model()
+
+
+@pytest.fixture(scope="module")
+def motion():
+    """A tiny v2 motion module set with random (non-zero) weights, so it changes the output."""
+    from animatediff.motion_module import MotionModules
+
+    return randomize_(MotionModules(tiny_motion_config("v2")), std=0.1).eval()
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, base):
+    """The tiny base as a single LDM file and as a diffusers folder (its configs), and a v2 motion module file."""
+    import fixtures
+    from tiny_models import save_diffusers_folder
+
+    d = tmp_path_factory.mktemp("models")
+    return {"ldm": str(fixtures.save(fixtures.ldm_checkpoint(base), d / "tiny_sd15.safetensors")),
+            "folder": str(save_diffusers_folder(base, d / "tiny_sd15_diffusers")),
+            "v2": str(fixtures.save(fixtures.official_motion_state_dict("v2"), d / "mm_sd_v15_v2.ckpt"))}

@@ -220,11 +220,6 @@ def config(**overrides) -> GenerationConfig:
 
 
 @pytest.fixture(scope="module")
-def base():
-    return tiny_base_model()
-
-
-@pytest.fixture(scope="module")
 def motion():
     return randomize_(MotionModules(tiny_motion_config("v2", position_encoding_length=8)), std=0.1).eval()
 

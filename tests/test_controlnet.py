@@ -18,11 +18,9 @@ from animatediff.generation.controlnet import ControlNetProvider, ControlNetSpec
 from animatediff.generation.denoiser import UNetDenoiser
 from animatediff.generation.pipeline import AnimationPipeline, GenerationConfig
 from animatediff.inflation import AnimateDiffUNet
-from animatediff.motion_module import MotionModules
 from animatediff.video_io import read_frames, save_video, sidecar_path
 
-from conftest import randomize_, tiny_motion_config, tiny_unet
-from tiny_models import tiny_base_model
+from conftest import randomize_, tiny_unet
 
 SIZE, FRAMES = 32, 4
 
@@ -30,16 +28,6 @@ SIZE, FRAMES = 32, 4
 def tiny_controlnet(unet, seed: int = 3) -> ControlNetModel:
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))  # 3 downsamplings: 8x
     return randomize_(net, seed=seed, std=0.1).eval()
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_base_model()
-
-
-@pytest.fixture(scope="module")
-def motion():
-    return randomize_(MotionModules(tiny_motion_config("v2")), std=0.1).eval()
 
 
 @pytest.fixture(scope="module")
@@ -210,15 +198,6 @@ def test_loading_is_strict_and_refuses_sdxl(base, files, tmp_path):
 
 
 # ---- through the command line ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory, base):
-    import fixtures
-    from tiny_models import save_diffusers_folder
-
-    d = tmp_path_factory.mktemp("models")
-    return {"ldm": str(fixtures.save(fixtures.ldm_checkpoint(base), d / "tiny_sd15.safetensors")),
-            "folder": str(save_diffusers_folder(base, d / "tiny_sd15_diffusers")),
-            "v2": str(fixtures.save(fixtures.official_motion_state_dict("v2"), d / "mm_sd_v15_v2.ckpt"))}
 
 
 def _argv(model_files, out, *extra):

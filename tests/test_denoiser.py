@@ -21,11 +21,6 @@ def unet():
     return tiny_unet()
 
 
-@pytest.fixture(scope="module")
-def motion():
-    return randomize_(MotionModules(tiny_motion_config("v2")), std=0.1).eval()
-
-
 def inputs(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, 4, F, H, W, generator=g), {"encoder_hidden_states": torch.randn(B, 77, 32, generator=g)}

@@ -12,7 +12,6 @@ from animatediff.generation.pipeline import AnimationPipeline
 from animatediff.motion_module import MotionModules, VanillaTemporalModule, VersatileAttention
 
 from conftest import randomize_, tiny_motion_config
-from tiny_models import tiny_base_model
 
 FRAMES = 4
 
@@ -82,16 +81,6 @@ def test_a_frame_count_mismatch_is_loud_not_misread():
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def base():
-    return tiny_base_model()
-
-
-@pytest.fixture(scope="module")
-def motion():
-    return randomize_(MotionModules(tiny_motion_config("v2")), std=0.1).eval()
-
-
 @pytest.fixture(scope="module")
 def plain(base, motion):
     with AnimationPipeline(base, motion) as pipe:

@@ -24,16 +24,6 @@ def config(**overrides) -> GenerationConfig:
                                       width=SIZE, height=SIZE, steps=1, seed=1), **overrides})
 
 
-@pytest.fixture(scope="module")
-def base():
-    return tiny_base_model()
-
-
-@pytest.fixture(scope="module")
-def motion():
-    return randomize_(MotionModules(tiny_motion_config("v2")), std=0.1).eval()
-
-
 @pytest.fixture
 def pipe(base, motion):
     pipeline = AnimationPipeline(base, motion)

@@ -17,14 +17,8 @@ from animatediff.sampling.schedulers import make_scheduler
 from animatediff.video_io import read_frames, save_video, sidecar_path
 
 from conftest import randomize_, tiny_motion_config
-from tiny_models import tiny_base_model
 
 SIZE, FRAMES = 32, 3
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_base_model()
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +111,6 @@ def test_short_input_repeats_its_last_frame(pipe, clips):
 
 
 # ---- through the command line ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory, base):
-    import fixtures
-    from tiny_models import save_diffusers_folder
-
-    d = tmp_path_factory.mktemp("models")
-    return {"ldm": str(fixtures.save(fixtures.ldm_checkpoint(base), d / "tiny_sd15.safetensors")),
-            "folder": str(save_diffusers_folder(base, d / "tiny_sd15_diffusers")),
-            "v2": str(fixtures.save(fixtures.official_motion_state_dict("v2"), d / "mm_sd_v15_v2.ckpt"))}
 
 
 def _argv(model_files, out, *extra):

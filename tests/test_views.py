@@ -16,7 +16,6 @@ from animatediff.sampling.loop import sample
 from animatediff.sampling.schedulers import make_scheduler
 
 from conftest import randomize_, tiny_motion_config
-from tiny_models import tiny_base_model
 
 SCHEDULES = [s for s in VIEW_SCHEDULES if s != "none"]
 
@@ -77,11 +76,6 @@ SIZE = 32
 def config(**overrides) -> GenerationConfig:
     return GenerationConfig(**{**dict(prompt="a cat", negative_prompt="blurry", num_frames=6, width=SIZE, height=SIZE,
                                       steps=2, seed=3), **overrides})
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_base_model()
 
 
 @pytest.fixture(scope="module")
