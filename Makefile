@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 DEMO := outputs/demo
 
-.PHONY: install demo demo-model reproduce test test-slow bench
+.PHONY: install demo demo-model reproduce long-video-report test test-slow bench
 
 install:
 	$(PIP) install -q torch==2.13.0            # the CPU wheel; must come before anything that depends on torch
@@ -17,6 +17,9 @@ demo-model: install  # retrain the bundled demo family (about 90 min on 2 CPU co
 
 reproduce: install  # regenerate docs/reproduction.md on the bundled family (about 9 min on 2 CPU cores)
 	$(PY) -m animatediff.demo.report
+
+long-video-report: install  # regenerate docs/long-video.md: 64-frame clips per long-video option (about 10 min on 2 CPU cores)
+	$(PY) -m animatediff.demo.long_video
 
 test: install
 	$(PY) -m pytest -q
