@@ -1,12 +1,14 @@
 """Write stand-ins for the files users have, with the real key layouts and random weights (no downloads).
 
-    python scripts/fabricate_checkpoints.py OUT_DIR [--base sd15|sdxl] [--size full|tiny]
+    python scripts/fabricate_checkpoints.py OUT_DIR [--base sd15|sdxl] [--size full|tiny] [--motion-preset v2|v3]
 
 Writes into OUT_DIR, for ``--base sd15`` (the default):
 - ``sd15.safetensors``      single-file LDM SD1.5 checkpoint (fp16; full size: 1.07 B params, ~2.1 GB)
 - ``mm_sd_v15_v2.ckpt``     v2 motion module, official layout with ``pos_encoder.pe`` buffers (torch.save, fp32)
 - ``lora.safetensors``      kohya LoRA for SD1.5 UNet + text encoder (rank 4, alpha 4; diffusers-style names)
 - ``v2_lora_ZoomIn.ckpt``   v2 MotionLoRA (rank 4), official processor format
+with ``--motion-preset v3`` (SD1.5 only): ``v3_sd15_mm.ckpt`` (v3 motion module: no mid block, ``pos_encoder.pe``
+of length 32; fp32, full size ~1.7 GB) instead of the v2 module and its MotionLoRA;
 for ``--base sdxl``:
 - ``sdxl.safetensors``         single-file SDXL checkpoint, ``sd_xl_base_1.0`` layout (bf16; full size: 3.5 B
                                params, ~7 GB): ``model.diffusion_model.*`` (with ``label_emb``),
@@ -158,9 +160,14 @@ def write_checkpoint(out: Path, base: str, configs: dict[str, dict]) -> Path:
     return path
 
 
-def write_motion_module(out: Path, base: str, configs: dict[str, dict]) -> tuple[Path, MotionModules]:
+# Other motion presets a base can be fabricated with (``--motion-preset``), by their official file names.
+EXTRA_MOTION = {"sd15": {"v3": "v3_sd15_mm.ckpt"}}
+
+
+def write_motion_module(out: Path, base: str, configs: dict[str, dict], preset: str | None = None) -> tuple[Path, MotionModules]:
     unet = configs["unet"]
-    config = dataclasses.replace(MOTION_PRESETS[BASES[base]["preset"]], block_out_channels=tuple(unet["block_out_channels"]),
+    preset = preset or BASES[base]["preset"]
+    config = dataclasses.replace(MOTION_PRESETS[preset], block_out_channels=tuple(unet["block_out_channels"]),
                                  layers_per_block=unet["layers_per_block"])
     with init_empty_weights(include_buffers=True):
         meta = MotionModules(config)
@@ -169,7 +176,7 @@ def write_motion_module(out: Path, base: str, configs: dict[str, dict]) -> tuple
         state[key] = random_tensor(key, tuple(value.shape), 10_000 + i, torch.float32)
         if key.endswith("attention_blocks.0.to_q.weight") or key.endswith("attention_blocks.1.to_q.weight"):
             state[key.replace("to_q.weight", "pos_encoder.pe")] = sinusoidal_position_encoding(config.position_encoding_length, value.shape[0])
-    path = out / BASES[base]["motion"]
+    path = out / (BASES[base]["motion"] if preset == BASES[base]["preset"] else EXTRA_MOTION[base][preset])
     torch.save(state, path)
     return path, meta
 
@@ -243,14 +250,17 @@ def _write_configs(folder: Path, configs: dict[str, dict]) -> Path:
     return folder
 
 
-def fabricate(out_dir: Path, base: str = "sd15", size: str = "full") -> list[Path]:
-    """Write ``base``'s files (see the module docstring) into ``out_dir``; returns their paths."""
+def fabricate(out_dir: Path, base: str = "sd15", size: str = "full", motion_preset: str | None = None) -> list[Path]:
+    """Write ``base``'s files (see the module docstring) into ``out_dir``; returns their paths. ``motion_preset``:
+    the base's own (v2 for SD1.5) when None, or one of ``EXTRA_MOTION[base]`` (raises ``ValueError`` otherwise)."""
+    if motion_preset not in (None, BASES[base]["preset"], *EXTRA_MOTION.get(base, {})):
+        raise ValueError(f"--motion-preset {motion_preset}: {base} takes {', '.join([BASES[base]['preset'], *EXTRA_MOTION.get(base, {})])}")
     out_dir.mkdir(parents=True, exist_ok=True)
     configs = _configs(base, size)
     paths = [write_checkpoint(out_dir, base, configs)]
-    mm_path, meta = write_motion_module(out_dir, base, configs)
+    mm_path, meta = write_motion_module(out_dir, base, configs, motion_preset)
     paths += [mm_path, write_lora(out_dir, base, configs)]
-    if base == "sd15":
+    if base == "sd15" and motion_preset in (None, "v2"):  # MotionLoRAs are v2's
         paths.append(write_motion_lora(out_dir, meta))
     if size == "tiny":
         write_tiny_folder(out_dir, base, configs)
@@ -262,9 +272,14 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--base", choices=tuple(BASES), default="sd15")
     parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--motion-preset", help="v3 (SD1.5): write v3_sd15_mm.ckpt instead of the v2 module and its MotionLoRA")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in fabricate(args.out_dir, args.base, args.size):
+    try:
+        paths = fabricate(args.out_dir, args.base, args.size, args.motion_preset)
+    except ValueError as error:
+        parser.error(str(error))
+    for path in paths:
         logger.info("wrote %s (%.1f MiB)", path, path.stat().st_size / 2**20)
 
 

@@ -3,6 +3,7 @@ merged GIF/WebP frames repeated back, the training loader's selected-frame reade
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_failure_leaves_nothing_and_keeps_old_output(tmp_path, monkeypatch, name
     real_writer = video_io._WRITERS[suffix]
 
     def failing_writer(frames, tmp, fps):
-        real_writer(frames[:2], tmp, fps)  # part of the output is on disk ...
+        real_writer(itertools.islice(frames, 2), tmp, fps)  # part of the output is on disk ...
         raise RuntimeError("disk full")  # ... when the write fails
 
     monkeypatch.setitem(video_io._WRITERS, suffix, failing_writer)
@@ -119,6 +120,100 @@ def test_bad_frame_shapes():
         video_io.to_uint8_frames(torch.rand(4, 2, 8, 8))
     with pytest.raises(ValueError, match="one clip"):
         video_io.to_uint8_frames(torch.rand(2, 3, 2, 8, 8))
+
+
+# ---- streamed frames: chunks from a generator, written as they come ---------------------------------
+FORMATS = ["clip.gif", "clip.webp", "clip.mp4", "frames"]
+
+
+def chunks(frames: np.ndarray, sizes=(2, 2, 1)):
+    """A generator of uint8 chunks ``(n, H, W, 3)``, as ``GenerationResult.iter_frames`` yields them."""
+    start = 0
+    for n in sizes:
+        yield frames[start : start + n]
+        start += n
+
+
+def file_bytes(out) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())} if out.is_dir() else {out.name: out.read_bytes()}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_streamed_chunks_write_the_same_bytes_as_the_whole_clip(tmp_path, name):
+    frames = blocky_frames()
+    whole = save_video(frames, tmp_path / "whole" / name, fps=8, metadata={"seed": 1})
+    streamed = save_video(chunks(frames), tmp_path / "streamed" / name, fps=8, metadata={"seed": 1})
+    assert file_bytes(streamed) == file_bytes(whole)
+    as_float = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255  # the pipeline's (3, f, H, W) in [0, 1]
+    assert file_bytes(save_video(as_float, tmp_path / "float" / name, fps=8, metadata={"seed": 1})) == file_bytes(whole)
+    assert leftovers(tmp_path / "streamed") == []
+
+
+def test_gif_bytes_are_pillows_from_the_whole_list(tmp_path):
+    """Streaming changed how frames reach Pillow, not the file: the same bytes as handing Pillow the list."""
+    from PIL import Image
+
+    frames = blocky_frames()
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(tmp_path / "reference.gif", format="GIF", save_all=True, append_images=images[1:], duration=120, loop=0)
+    out = save_video(chunks(frames), tmp_path / "clip.gif", fps=8)
+    assert out.read_bytes() == (tmp_path / "reference.gif").read_bytes()
+
+
+def broken_stream(frames: np.ndarray, error: BaseException, closed: list):
+    """Two good chunks, then ``error``; records whether the consumer closed it (its ``finally`` ran)."""
+    try:
+        yield frames[:2]
+        yield frames[2:4]
+        raise error
+    finally:
+        closed.append(True)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("error", [RuntimeError("decoder failed"), KeyboardInterrupt()])
+def test_failure_mid_stream_leaves_nothing_and_keeps_old_output(tmp_path, name, error):
+    ours = {"generator": "animatediff"}  # a sidecar this program wrote: a re-run may replace it
+    out = save_video(blocky_frames(seed=1), tmp_path / name, metadata={**ours, "seed": 1})
+    before = snapshot(tmp_path)
+    closed = []
+    with pytest.raises(type(error)):
+        save_video(broken_stream(blocky_frames(seed=2), error, closed), out, metadata={**ours, "seed": 2})
+    assert snapshot(tmp_path) == before and closed == [True]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_bad_chunk_mid_stream_is_refused_and_writes_nothing(tmp_path, name):
+    frames = blocky_frames()
+    for bad in (frames[:2, :8], frames[:2].astype(np.float32)):  # another size; not uint8
+        stream = itertools.chain(chunks(frames, (2,)), [bad])
+        with pytest.raises(ValueError, match="share a size|uint8 chunks"):
+            save_video(stream, tmp_path / name)
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="no frames"):
+        save_video(iter([]), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_function_is_called_after_the_frames_are_written(tmp_path):
+    consumed = []
+
+    def stream():
+        for chunk in chunks(blocky_frames()):
+            consumed.append(len(chunk))
+            yield chunk
+
+    out = save_video(stream(), tmp_path / "clip.gif", fps=8, metadata=lambda: {"frames_seen": sum(consumed)})
+    assert json.loads(sidecar_path(out).read_text()) == {"frames_seen": NUM_FRAMES, "fps": 100 / 12, "fps_requested": 8}
+
+
+def test_refused_target_consumes_nothing(tmp_path):
+    (tmp_path / "clip.gif").write_text("a user's file")
+    consumed = []
+    stream = (consumed.append(i) or chunk for i, chunk in enumerate(chunks(blocky_frames())))
+    with pytest.raises(UserInputError):
+        save_video(stream, tmp_path / "clip.gif")
+    assert consumed == []
 
 
 # ---- output targets never destroy anything ---------------------------------------------------------

@@ -153,8 +153,12 @@ class Animator:
 
     def save(self, result: GenerationResult, path: str | Path, fps: float = 8, overwrite: bool = False) -> Path:
         """Write the first clip (format from the extension) and its JSON sidecar, atomically. An existing target
-        of another kind is refused unless ``overwrite`` (``video_io.check_output``)."""
-        return save_video(result.frames[0], path, fps=fps, metadata=self.metadata(result, fps), overwrite=overwrite)
+        of another kind is refused unless ``overwrite`` (``video_io.check_output``), before anything is decoded.
+
+        The frames stream: decoded ``decode_chunk_size`` at a time straight into the writer
+        (``result.iter_frames``), so a long clip never holds all its frames; ``result.frames`` stays available
+        (decoded on its first access). The sidecar is written after the frames, with the decode time."""
+        return save_video(result.iter_frames(0), path, fps=fps, metadata=lambda: self.metadata(result, fps), overwrite=overwrite)
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -419,9 +419,6 @@ def add_freenoise_freeinit_args(gen: argparse.ArgumentParser) -> None:
                        help="coarse-to-fine: fewer steps in the early FreeInit iterations")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # ---- prompt travel and motion scale/effect (generation/prompt_travel.py) --------------------------------------
 def parse_multival(text: str) -> float | list[float]:
@@ -549,3 +546,7 @@ def _control_settings(args: argparse.Namespace) -> dict:
             settings["num_frames"] = count
         logger.info("video %s: %d frames%s", args.video, count, f" at {fps:g} fps" if fps else "")
     return settings
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,10 @@ folder and moved into place with ``os.replace`` only when complete, so a failure
 an existing file is never damaged before its replacement is finished. ``check_output`` says what may be
 replaced at all: never a user's file or folder of another kind (see its docstring).
 
+Frames may come as one array or streamed, as an iterable of uint8 chunks (``GenerationResult.iter_frames``):
+writers consume them one frame at a time, so a long clip is never held whole (Pillow's GIF and WebP writers
+are the exception, see the writers); the file is the same, byte for byte, either way.
+
 Settings sidecar (``metadata``): ``clip.gif`` -> ``clip.gif.json`` next to it (the full file name plus
 ``.json``, so a GIF and an MP4 of one run do not collide); for a PNG folder, ``settings.json`` inside it.
 
@@ -19,6 +23,7 @@ into one longer frame; MP4 is lossy, 4:2:0, and odd widths/heights are padded by
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,9 +31,12 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
@@ -40,6 +48,14 @@ logger = logging.getLogger(__name__)
 
 FORMATS = (".gif", ".mp4", ".webp", "")  # "" = folder of PNG frames
 SIDECAR_IN_FOLDER = "settings.json"
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Frames ``(n, 3, H, W)`` float in [0, 1] -> ``(n, H, W, 3)`` uint8, rounded to nearest: the pixels every
+    video file stores (``to_uint8_frames`` and the streamed decode in generation/vae.py both use it, so streamed and whole-clip
+    files agree)."""
+    frames = (frames.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).numpy()  # n c h w -> n h w c
 
 
 def to_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -55,8 +71,29 @@ def to_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
         frames = frames[0]
     if frames.ndim != 4 or frames.shape[0] != 3:
         raise ValueError(f"float frames must be (3, num_frames, H, W), got {tuple(frames.shape)}")
-    frames = (frames.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    return frames.permute(1, 2, 3, 0).numpy()  # c f h w -> f h w c
+    return to_uint8(frames.transpose(0, 1))  # c f h w -> f c h w -> f h w c uint8
+
+
+Frames = Union[torch.Tensor, np.ndarray, Iterable[np.ndarray]]
+
+
+def each_frame(frames: Frames) -> Iterator[np.ndarray]:
+    """One frame ``(H, W, 3)`` uint8 at a time, from a whole clip (what :func:`to_uint8_frames` takes) or from
+    an iterable of uint8 chunks ``(n, H, W, 3)`` (streamed: ``GenerationResult.iter_frames``), which is read
+    lazily, one chunk at a time. Raises ``ValueError`` for a chunk of another layout or size, or no frames."""
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        frames = [to_uint8_frames(frames)]
+    size = None
+    for chunk in frames:
+        if not (isinstance(chunk, np.ndarray) and chunk.dtype == np.uint8):
+            raise ValueError("streamed frames must be uint8 chunks (num_frames, H, W, 3)")
+        chunk = to_uint8_frames(chunk)  # checks the layout
+        if size is not None and chunk.shape[1:] != size:
+            raise ValueError(f"frames of one clip must share a size: {chunk.shape[1:3]} after {size[:2]}")
+        size = chunk.shape[1:]
+        yield from chunk
+    if size is None:
+        raise ValueError("no frames to write")
 
 
 def video_format(path: str | os.PathLike, field: str = "out") -> str:
@@ -87,41 +124,47 @@ def effective_fps(path: str | os.PathLike, fps: float) -> float:
     return 100 / gif_delay_cs(fps) if video_format(path) == ".gif" else float(fps)
 
 
-# ---- writers: each writes a complete output at `tmp` ---------------------------------------------
-def _write_gif(frames: np.ndarray, tmp: Path, fps: float) -> None:
-    images = [Image.fromarray(frame) for frame in frames]
+# ---- writers: each writes a complete output at `tmp` from an iterator of (H, W, 3) uint8 frames ------
+# GIF and WebP go through Pillow, which keeps every frame until the file is assembled (GIF: palette frames,
+# 1 byte per pixel; WebP: RGB images, 3 bytes per pixel); MP4 and PNG frames are written as they arrive.
+def _write_gif(frames: Iterator[np.ndarray], tmp: Path, fps: float) -> None:
+    first = Image.fromarray(next(frames))
     # loop=0: loop forever. Pillow truncates milliseconds to centiseconds, so hand it whole centiseconds.
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=10 * gif_delay_cs(fps), loop=0)
+    first.save(tmp, format="GIF", save_all=True, append_images=map(Image.fromarray, frames),
+               duration=10 * gif_delay_cs(fps), loop=0)
 
 
-def _write_webp(frames: np.ndarray, tmp: Path, fps: float) -> None:
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(tmp, format="WEBP", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
-                   quality=95, method=4)
+def _write_webp(frames: Iterator[np.ndarray], tmp: Path, fps: float) -> None:
+    first = Image.fromarray(next(frames))
+    first.save(tmp, format="WEBP", save_all=True, append_images=map(Image.fromarray, frames), duration=round(1000 / fps),
+               loop=0, quality=95, method=4)
 
 
 MP4_CRF = 18  # H.264 constant rate factor: 18 is visually lossless; lower is closer to the frames and larger
 
 
-def _write_mp4(frames: np.ndarray, tmp: Path, fps: float, crf: int = MP4_CRF) -> None:
+def _write_mp4(frames: Iterator[np.ndarray], tmp: Path, fps: float, crf: int = MP4_CRF) -> None:
     import av
 
-    f, h, w, _ = frames.shape
-    # yuv420p subsamples chroma 2x2, so H.264 needs even sizes: repeat the last row/column if odd.
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    first = next(frames)
+    h, w, _ = first.shape
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.width, stream.height = w + w % 2, h + h % 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in frames:
+        # One x264 thread: its frame threads make the bytes depend on CPU timing (about 1 run in 8 differed on a
+        # busy machine), while one thread is byte-reproducible and costs little at these sizes (~14 ms per 512² frame).
+        stream.options = {"crf": str(crf), "threads": "1"}
+        for frame in itertools.chain([first], frames):
+            # yuv420p subsamples chroma 2x2, so H.264 needs even sizes: repeat the last row/column if odd.
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():  # flush
             container.mux(packet)
 
 
-def _write_png_folder(frames: np.ndarray, tmp: Path, fps: float) -> None:
+def _write_png_folder(frames: Iterator[np.ndarray], tmp: Path, fps: float) -> None:
     tmp.mkdir()
     for i, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp / frame_name(i))
@@ -266,45 +309,58 @@ def write_json_atomic(data: dict, path: Path) -> None:
         raise
 
 
-def save_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 8,
-               metadata: dict | None = None, overwrite: bool = False, crf: int = MP4_CRF) -> Path:
+def save_video(frames: Frames, path: str | os.PathLike, fps: float = 8,
+               metadata: dict | Callable[[], dict] | None = None, overwrite: bool = False, crf: int = MP4_CRF) -> Path:
     """Write one clip to ``path`` (format by extension, see the module docstring); returns the path.
 
-    ``frames``: float ``(3, f, H, W)`` in [0, 1] or uint8 ``(f, H, W, 3)``. ``fps``: frames per second
-    (fractional rates such as 24000/1001 are kept in MP4/WebP; GIF rounds to whole centiseconds, at most 50
-    fps). ``metadata`` goes to the JSON sidecar with ``fps`` set to the rate actually written (and
-    ``fps_requested`` when that differs); non-JSON values such as paths are written as strings. The target
-    is checked with ``check_output(path, overwrite)`` first: nothing of the user's is ever replaced.
-    ``crf``: the H.264 quality of an MP4 (lower = closer to the frames, larger); other formats ignore it."""
+    ``frames``: float ``(3, f, H, W)`` in [0, 1], uint8 ``(f, H, W, 3)``, or an iterable of uint8 chunks
+    ``(n, H, W, 3)`` (e.g. ``GenerationResult.iter_frames()``), consumed chunk by chunk while the file is
+    written, only after the target passed its checks; the file is the same, byte for byte, as from the whole
+    clip at once. ``fps``: frames per second (fractional rates such as 24000/1001 are kept in MP4/WebP; GIF
+    rounds to whole centiseconds, at most 50 fps). ``metadata`` goes to the JSON sidecar with ``fps`` set to
+    the rate actually written (and ``fps_requested`` when that differs); non-JSON values such as paths are
+    written as strings; a function returning the dict is called after the frames are written (so it can
+    report what streaming measured, e.g. the decode time). The target is checked with ``check_output(path,
+    overwrite)`` first: nothing of the user's is ever replaced. ``crf``: the H.264 quality of an MP4 (lower =
+    closer to the frames, larger); other formats ignore it. A failure (a bad frame, an exception inside the
+    iterable) leaves no partial output and any earlier output unchanged; the iterable is closed."""
     path = Path(path)
     writer = _WRITERS[video_format(path)]
     if writer is _write_mp4 and crf != MP4_CRF:
         writer = partial(writer, crf=crf)
     if not fps > 0:
         raise UserInputError("must be positive", field="fps", value=fps)
-    frames = to_uint8_frames(frames)
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        frames = [to_uint8_frames(frames)]  # a bad layout is refused before anything is written
     written_fps = effective_fps(path, fps)
-    if written_fps != fps:
-        if fps > 100 / GIF_MIN_DELAY_CS:
-            logger.warning("fps %g: a GIF cannot play faster than %g fps; writing %g fps", fps, written_fps, written_fps)
-        if metadata is not None:
-            metadata = {**metadata, "fps": written_fps, "fps_requested": fps}
+    if written_fps != fps and fps > 100 / GIF_MIN_DELAY_CS:
+        logger.warning("fps %g: a GIF cannot play faster than %g fps; writing %g fps", fps, written_fps, written_fps)
+
+    def settings() -> dict | None:
+        found = metadata() if callable(metadata) else metadata
+        if found is not None and written_fps != fps:
+            found = {**found, "fps": written_fps, "fps_requested": fps}
+        return found
+
     check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
-        writer(frames, tmp, fps)
-        if metadata is not None and tmp.is_dir():  # the folder's sidecar moves in with the frames
-            write_json_atomic(metadata, tmp / SIDECAR_IN_FOLDER)
+        with closing(each_frame(frames)) as stream:
+            writer(stream, tmp, fps)
+        if tmp.is_dir() and (found := settings()) is not None:  # the folder's sidecar moves in with the frames
+            write_json_atomic(found, tmp / SIDECAR_IN_FOLDER)
         if tmp.is_dir():
             _place_folder(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:
         _remove_temp(tmp)
+        if hasattr(frames, "close"):
+            frames.close()  # a generator that decodes (and may hold an upcast VAE) stops here
         raise
-    if metadata is not None and not path.is_dir():
-        write_json_atomic(metadata, sidecar_path(path))
+    if not path.is_dir() and (found := settings()) is not None:
+        write_json_atomic(found, sidecar_path(path))
     return path
 
 

@@ -2,6 +2,7 @@
 
     text --CLIP--> conditioning ----------------------------\\
     seed --randn--> latents (b, 4, f, h, w) --sample(CFG(inflated UNet))--> latents --VAE per frame--> frames
+                                                                          (on demand, chunk by chunk)
 
 This file composes the pieces: conditioning.py (text -> conditioning), denoiser.py (how to call the UNet),
 vae.py (latents <-> frames), and, below generation/, inflation.py (UNet + motion modules), guidance.py (CFG),
@@ -15,8 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 
+import numpy as np
 import torch
 
 from ..components import BaseModel
@@ -29,6 +34,7 @@ from ..sampling.freeinit import FreeInit, sample_freeinit
 from ..sampling.freenoise import ViewPlan, noise_window, reschedule_noise
 from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import make_scheduler
+from ..video_io import to_uint8
 from . import controlnet, prompt_travel, vae as vae_io, video_input
 from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
@@ -39,12 +45,58 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationResult:
-    frames: torch.Tensor  # (batch, 3, num_frames, H, W) float32 in [0, 1], on the CPU
+    """One generation: the denoised latents, and the frames decoded from them only when asked for.
+
+    ``frames`` is decoded on first access and kept (12 bytes per pixel of the whole batch: fine for short
+    clips); ``iter_frames`` streams one clip as uint8 chunks without keeping them, which is what
+    ``Animator.save`` and the CLI use, so a long clip's frames are never all in memory. Both decode the same
+    VAE chunks, so they give the same pixels. ``timings["decode"]`` (and the decode's share of ``"total"``)
+    is filled in by the first decode that completes."""
+
     latents: torch.Tensor  # (batch, 4, num_frames, H/8, W/8) float32, denoised, before VAE scaling
     seed: int
     config: GenerationConfig  # resolved: no None left except clip_skip
     timings: dict[str, float] = field(default_factory=dict)  # seconds: text, denoise, decode, total
     models: dict[str, str | None] = field(default_factory=dict)  # base model source, motion module preset
+    # decode(clip) -> chunks (n, 3, H, W) float32 in [0, 1] of that clip (all clips when None): vae.decode_chunks
+    decoder: Callable[[int | None], Iterator[torch.Tensor]] | None = field(default=None, repr=False)
+    _frames: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """``(batch, 3, num_frames, H, W)`` float32 in [0, 1], on the CPU; decoded on first access, then kept."""
+        if self._frames is None:
+            tick = time.perf_counter()
+            b, _, f = self.latents.shape[:3]
+            frames = torch.cat(list(self.decoder(None)))  # (b f) 3 H W
+            self._frames = frames.reshape(b, f, *frames.shape[1:]).transpose(1, 2)  # (b f) c H W -> b c f H W
+            self._record_decode(time.perf_counter() - tick)
+        return self._frames
+
+    def iter_frames(self, clip: int = 0) -> Iterator[np.ndarray]:
+        """Clip ``clip``'s frames as uint8 chunks ``(n, H, W, 3)`` (``n <= config.decode_chunk_size``), decoded
+        one chunk at a time and not kept (``video_io.save_video`` takes this iterator); from ``frames`` when
+        those were already decoded. Equal, bit for bit, to ``to_uint8_frames(result.frames[clip])``."""
+        if self._frames is not None:
+            for chunk in self._frames[clip].split(self.config.decode_chunk_size, dim=1):  # (3, n, H, W)
+                yield to_uint8(chunk.transpose(0, 1))
+            return
+        seconds = 0.0  # decoding time only, not the writer's time between chunks
+        with closing(self.decoder(clip)) as chunks:
+            while True:
+                tick = time.perf_counter()
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                frames = to_uint8(chunk)
+                seconds += time.perf_counter() - tick
+                yield frames
+        self._record_decode(seconds)
+
+    def _record_decode(self, seconds: float) -> None:
+        if "decode" not in self.timings:
+            self.timings["decode"] = seconds
+            self.timings["total"] = self.timings.get("total", 0.0) + seconds
 
     def metadata(self, **extra) -> dict:
         """The settings to write next to the video (``video_io.save_video(..., metadata=...)``); ``extra``
@@ -125,7 +177,8 @@ class AnimationPipeline:
     @torch.no_grad()
     def generate(self, config: GenerationConfig, latents: torch.Tensor | None = None,
                  progress: Progress | None = None) -> GenerationResult:
-        """Generate ``config.num_videos`` clips. ``progress(step, total)`` is called after every denoising step."""
+        """Generate ``config.num_videos`` clips. ``progress(step, total)`` is called after every denoising step.
+        Returns the latents; the VAE decodes frames only when ``result.frames`` or ``result.iter_frames`` asks."""
         config = config.resolved(self.default_scheduler_preset)
         self.validate(config)
         config = resolve_context(config, self.motion)  # context None -> what runs (logged when windows turn on)
@@ -157,16 +210,14 @@ class AnimationPipeline:
                                           generator=generator, eta=config.eta, progress=progress)
         timings["denoise"] = time.perf_counter() - tick
 
-        tick = time.perf_counter()
-        frames = self.decode_latents(latents, config.decode_chunk_size)
-        timings["decode"] = time.perf_counter() - tick
-        timings["total"] = time.perf_counter() - start
+        timings["total"] = time.perf_counter() - start  # the decode adds its share when it runs (GenerationResult)
         logger.info("generated %d x %d frames at %dx%d in %.1fs", config.num_videos, config.num_frames,
                     config.width, config.height, timings["total"])
         models = {"base_model": self.base.source, "motion_preset": self.motion.config.name if self.motion is not None else None}
         if video or hints:  # input files with hashes, frame counts, the video's fps
             models["inputs"] = {"video": video, "controlnets": hints}
-        return GenerationResult(frames=frames, latents=latents, seed=config.seed, config=config, timings=timings, models=models)
+        decoder = partial(vae_io.decode_chunks, self.base.vae, latents, config.decode_chunk_size)  # frames on demand
+        return GenerationResult(latents=latents, seed=config.seed, config=config, timings=timings, models=models, decoder=decoder)
 
 
 def generate(base: BaseModel, motion: MotionModules | None, config: GenerationConfig,
