@@ -442,3 +442,17 @@ def test_unwritable_output_folder_is_refused_before_loading(files, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --out ") and "no permission" in err[0], err
     assert list(locked.iterdir()) == []
+
+
+def test_no_motion_warning_only_when_no_motion_module_is_used(files, tmp_path, caplog):
+    """A job without motion_module on the bundled family gets the bundled module (no warning); on another model
+    it really has no motion, and the warning says so."""
+    bundled, own = tmp_path / "bundled.yaml", tmp_path / "own.yaml"
+    job = "  prompt: [\"a red circle\"]\n  steps: 1\n  guidance_scale: 7.5\n  W: 64\n  H: 64\n  L: 2\n  seed: 1\n"
+    bundled.write_text("- dreambooth_path: \"\"\n" + job)
+    own.write_text(f"- dreambooth_path: \"{files['ldm']}\"\n" + job)
+    with caplog.at_level("WARNING", logger="animatediff"):
+        assert main(["-q", "generate", "--config", str(bundled), "--out", str(tmp_path / "a")]) == 0
+        assert "no motion" not in caplog.text
+        assert main(["-q", "generate", "--config", str(own), "--model-config", files["folder"], "--out", str(tmp_path / "b")]) == 0
+        assert "no motion" in caplog.text

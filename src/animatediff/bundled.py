@@ -95,6 +95,12 @@ def motion_lora_path(name: str) -> str:
     return _resolve("motion_loras", CAMERA_MOVES, "motion_loras/{name}.safetensors", name)
 
 
+def is_bundled_model(model: str | None) -> bool:
+    """No model, or a bundled model name that is not also an existing path: the bundled family (with its motion
+    module unless another is given)."""
+    return model is None or (model in MODELS and not Path(model).expanduser().exists())
+
+
 @dataclass
 class Resolved:
     """What ``animatediff generate`` should load, after bundled names are replaced by files."""
@@ -110,7 +116,7 @@ class Resolved:
 def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras=(), adapter=None) -> Resolved:
     """Resolve the generate options. No ``model`` (or a bundled model name) means the bundled family: its
     motion module unless one is given, and its 64x64 / 16-frame defaults. Paths pass through unchanged."""
-    bundled_model = model is None or (model in MODELS and not Path(model).expanduser().exists())
+    bundled_model = is_bundled_model(model)
     if model is None and not is_available():
         raise UserInputError("required (the bundled demo model is not installed; run `make demo-model`)", field="model")
     resolved = Resolved(

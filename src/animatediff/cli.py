@@ -211,8 +211,10 @@ def run_generate(args: argparse.Namespace) -> int:
     for job in jobs:
         with _named_in_recipe(job, args.config):
             configs.append(GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings))
+    from .bundled import is_bundled_model
+
     for job in jobs:
-        if job.motion_module is None:
+        if job.motion_module is None and not is_bundled_model(job.model):  # the bundled family brings its module
             missing = f"{args.config}, {job.where}: no motion_module" if job.where else "no --motion-module"
             logger.warning("%s: frames are generated independently (no motion)", missing)
     return _run_jobs(jobs, configs, args, device)
