@@ -136,10 +136,9 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
     mapping = {
         "frames": "num_frames", "width": "width", "height": "height", "steps": "steps", "guidance": "guidance_scale",
         "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
-        **{name: name for name in CONTEXT_FLAGS},
+        **{name: name for name in (*CONTEXT_FLAGS, *FREENOISE_FREEINIT_FIELDS)},  # flags whose dest is the field
     }
     settings = {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
-    settings.update({field: getattr(args, field) for field in FREENOISE_FREEINIT_FIELDS if getattr(args, field, None) is not None})
     if settings.get("seed") == -1:
         settings["seed"] = None  # -1: a fresh random seed, recorded in the sidecar (also over a recipe's seeds)
     settings.update(_prompt_travel_settings(args))
