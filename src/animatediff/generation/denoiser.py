@@ -27,6 +27,7 @@ import torch
 
 from ..inflation import AnimateDiffUNet
 from ..sampling.guidance import Conditioning
+from . import ip_adapter
 from .conditioning import fold_frames
 
 Residuals = dict[str, "torch.Tensor | tuple[torch.Tensor, ...]"]
@@ -67,8 +68,11 @@ class UNetDenoiser:
         """latents ``(batch, c, num_frames, h, w)`` fp32 -> prediction of the same shape, fp32."""
         residuals = self.residuals(latents, t, cond)
         unet_cond = fold_frames(cond, latents.shape[2])
-        added = {"text_embeds": unet_cond["text_embeds"], "time_ids": unet_cond["time_ids"]} if "time_ids" in cond else None
+        added = {"text_embeds": unet_cond["text_embeds"], "time_ids": unet_cond["time_ids"]} if "time_ids" in cond else {}
+        image_embeds = ip_adapter.unet_image_embeds(self.unet.unet, cond, latents.shape[2])  # IP-Adapter tokens per frame
+        if image_embeds is not None:
+            added["image_embeds"] = image_embeds
         motion = self.unet.motion  # motion_scale / motion_effect (b, f) ride in the conditioning (prompt_travel.py)
         with motion.controls(cond.get("motion_scale"), cond.get("motion_effect")) if motion is not None else nullcontext():
-            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added, **residuals)
+            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added or None, **residuals)
         return eps.to(latents.dtype)
