@@ -268,6 +268,18 @@ def test_loading_is_strict(pipe, files, tmp_path, how, message):
     assert pipe.base.unet.encoder_hid_proj is None  # nothing left attached
 
 
+def test_a_projection_diffusers_cannot_load_strictly_is_refused_and_the_unet_restored(pipe, files, tmp_path):
+    state = ip_state(pipe.base.unet, "plus")
+    del state["image_proj"]["layers.3.1.3.weight"]  # the Resampler's last feed-forward layer
+    torch.save(state, tmp_path / "short.bin")
+    processors = {k: type(v) for k, v in pipe.base.unet.attn_processors.items()}
+    with pytest.raises(UserInputError, match="diffusers could not load it") as error:
+        pipe.generate(config(files, ip_adapter=[{"path": str(tmp_path / "short.bin")}]))
+    assert error.value.field == "ip_adapter"
+    assert pipe.base.unet.encoder_hid_proj is None and pipe.base.unet.config.encoder_hid_dim_type is None
+    assert {k: type(v) for k, v in pipe.base.unet.attn_processors.items()} == processors
+
+
 def test_an_encoder_of_another_width_is_refused(pipe, files):
     with pytest.raises(UserInputError, match="not its image encoder"):
         pipe.generate(config(files, ip_adapter_image_encoder=files["encoder_wide"]))
