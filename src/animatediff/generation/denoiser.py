@@ -3,7 +3,8 @@
 ``UNetDenoiser(unet)(latents, t, cond) -> prediction`` is the *conditional model* that guidance.py wraps:
 latents ``(batch, 4, num_frames, h, w)`` in fp32 in, the UNet run in its own dtype, the prediction (eps or v)
 in fp32 out. ``cond`` is a conditioning (conditioning.py: per clip or per frame; SDXL adds ``text_embeds``
-and ``time_ids``, passed as the UNet's ``added_cond_kwargs``).
+and ``time_ids``, passed as the UNet's ``added_cond_kwargs``; IP-Adapter embeddings ``ip_image_embeds_<i>`` go
+there as ``image_embeds``, one set per UNet row: ip_adapter.py).
 
 Extension point: ``residual_providers`` (ControlNet, SparseCtrl, ...). Each is called as
 ``provider(latents, t, cond)`` with the same (CFG-batched) arguments as the UNet and returns
