@@ -130,11 +130,17 @@ class Animator:
 
         ControlNets and video-to-video are fields too: ``controlnets=[{"path": ..., "strength": 0.8, "video": ...}]``,
         ``control_preprocess="canny"``, ``guess_mode=True``, ``video="in.mp4", strength=0.6`` (generation/controlnet.py,
-        video_input.py); with a ``video`` and no ``num_frames``, the clip has the input's frame count."""
+        video_input.py); with a ``video`` and no ``num_frames``, the clip has the input's frame count (after
+        resampling to ``video_fps`` when given).
+
+        Image-to-video and IP-Adapter (image_input.py, ip_adapter.py): ``image="still.png", strength=0.8,
+        image_strength=1.0, image_falloff=32``; ``ip_adapter=[{"path": "ip-adapter_sd15.bin", "scale": 0.7}],
+        ip_adapter_image_encoder="image_encoder/", ip_images=[{"image": "a.png", "frame": 0}, {"image": "b.png",
+        "frame": 15}]`` (several images travel across the frames)."""
         if settings.get("video") is not None and "num_frames" not in settings and not isinstance(prompt, GenerationConfig):
             from .generation.video_input import video_frame_count
 
-            settings["num_frames"] = video_frame_count(settings["video"])[0]
+            settings["num_frames"] = video_frame_count(settings["video"], settings.get("video_fps"))[0]
         config = prompt if isinstance(prompt, GenerationConfig) else GenerationConfig(prompt=prompt, **{**self.defaults, **settings})
         return self.pipeline.generate(config, latents=latents, progress=progress)
 

@@ -143,6 +143,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
         settings["seed"] = None  # -1: a fresh random seed, recorded in the sidecar (also over a recipe's seeds)
     settings.update(_prompt_travel_settings(args))
     settings.update(_control_settings(args))
+    settings.update(_image_settings(args))
     return settings
 
 
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_prompt_travel_args(gen)
     add_control_args(gen)
+    add_image_args(gen)
+    add_ip_adapter_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
     return parser
@@ -542,10 +545,69 @@ def _control_settings(args: argparse.Namespace) -> dict:
         if value is not None:
             settings[name] = value
     if args.video is not None:
-        count, fps = video_input.video_frame_count(args.video)
+        count, fps = video_input.video_frame_count(args.video, args.video_fps)  # resampled when --video-fps
         if args.frames is None:
             settings["num_frames"] = count
         logger.info("video %s: %d frames%s", args.video, count, f" at {fps:g} fps" if fps else "")
+    return settings
+
+
+# ---- image-to-video, video resampling, IP-Adapter (generation/image_input.py, generation/ip_adapter.py) --------
+IMAGE_FLAGS = {"image": "--image", "image_strength": "--image-strength", "image_falloff": "--image-falloff",
+               "video_fps": "--video-fps", "ip_adapter": "--ip-adapter", "ip_adapter_image_encoder": "--ip-adapter-image-encoder",
+               "ip_images": "--ip-image"}
+FIELD_FLAGS.update(IMAGE_FLAGS)
+
+
+def add_image_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "image-to-video", "Animate a still without an encoder: frame i starts from a blend of the image's latent "
+        "(weight image-strength x (1 - i / image-falloff)) and noise, then the last int(steps x --strength) steps run.")
+    group.add_argument("--image", metavar="PATH", help="the still to animate (centre-cropped to --width x --height, "
+                       "never stretched); --strength 0 < S <= 1 as for --video (default 0.8)")
+    group.add_argument("--image-strength", dest="image_strength", type=float, metavar="A",
+                       help="the image's weight in frame 0's start latent, 0 < A <= 1 (default 1)")
+    group.add_argument("--image-falloff", dest="image_falloff", type=float, metavar="FRAMES",
+                       help="frames over which that weight falls linearly to 0 (default 32, A1111's latent scale)")
+    group.add_argument("--video-fps", dest="video_fps", type=parse_fps, metavar="FPS",
+                       help="video-to-video: resample the --video input to FPS frames per second (frames dropped or "
+                            "repeated; --frames then defaults to the resampled count; give --fps FPS to play it so)")
+
+
+def add_ip_adapter_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "IP-Adapter", "Reference images as image prompts (diffusers' load_ip_adapter files, base and Plus). Several "
+        "--ip-image with frames travel: their embeddings are interpolated per frame like --prompt-map.")
+    group.add_argument("--ip-adapter", action="append", metavar="FILE[:SCALE]",
+                       help="IP-Adapter .bin or .safetensors (image_proj + ip_adapter), scale default 1; repeatable")
+    group.add_argument("--ip-adapter-image-encoder", dest="ip_adapter_image_encoder", metavar="DIR",
+                       help="local CLIPVisionModelWithProjection folder (h94/IP-Adapter models/image_encoder for SD1.5)")
+    group.add_argument("--ip-image", action="append", metavar="PATH[@FRAME]",
+                       help="reference image, at FRAME (default 0); one image serves every frame; repeatable")
+
+
+def _image_settings(args: argparse.Namespace) -> dict:
+    """The image-to-video and IP-Adapter fields given as flags; the images and adapter files are read here, so a
+    bad one is refused before any model loads."""
+    from .generation import ip_adapter, video_input
+
+    settings = {}
+    if args.image is not None:
+        video_input.read_image(args.image, "image")
+    if args.ip_adapter:
+        settings["ip_adapter"] = [ip_adapter.parse_ip_adapter_arg(text) for text in args.ip_adapter]
+        for entry in settings["ip_adapter"]:
+            spec = ip_adapter.AdapterSpec.from_value(entry)
+            if not Path(spec.path).is_file():
+                raise UserInputError("no such file", field="ip_adapter", value=spec.path)
+            ip_adapter.kind_of(ip_adapter.read_adapter(spec.path)["image_proj"], spec.path)
+    if args.ip_image:
+        settings["ip_images"] = [ip_adapter.parse_ip_image_arg(text) for text in args.ip_image]
+        for entry in settings["ip_images"]:
+            video_input.read_image(entry["image"], "ip_images")
+    for name in ("image", "image_strength", "image_falloff", "video_fps", "ip_adapter_image_encoder"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     return settings
 
 

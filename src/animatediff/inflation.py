@@ -169,7 +169,8 @@ class AnimateDiffUNet(nn.Module):
         if encoder_hidden_states.shape[0] == b:
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) tokens dim
         if added_cond_kwargs is not None:  # SDXL pooled text embedding and size conditioning
-            added_cond_kwargs = {k: v.repeat_interleave(f, dim=0) if v.shape[0] == b else v for k, v in added_cond_kwargs.items()}
+            added_cond_kwargs = {k: v.repeat_interleave(f, dim=0) if torch.is_tensor(v) and v.shape[0] == b else v
+                                 for k, v in added_cond_kwargs.items()}  # IP-Adapter image_embeds: a list, already per frame
         with self.frames(f) if self.motion is not None else nullcontext():
             out = self.unet(
                 x,

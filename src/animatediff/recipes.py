@@ -49,8 +49,11 @@ FIELD_KEYS = {
     "freeinit_fast": "flag",
     # ControlNet and video-to-video (paths: "video" and "controlnets", read by _control_inputs)
     "control_preprocess": "name", "guess_mode": "flag", "strength": "number",
+    # image-to-video, video resampling, IP-Adapter (paths: "image", "ip_adapter", "ip_adapter_image_encoder",
+    # "ip_images", read by _image_inputs)
+    "image_strength": "number", "image_falloff": "number", "video_fps": "number",
 }
-READ_KEYS |= set(FIELD_KEYS) | {"video", "controlnets"}
+READ_KEYS |= set(FIELD_KEYS) | {"video", "controlnets"} | {"image", "ip_adapter", "ip_adapter_image_encoder", "ip_images"}
 # Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
 # one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
 UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
@@ -374,6 +377,7 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
         if job.given(key):
             settings[key], keys[key] = job.typed(key, kind), key
     settings.update(_control_inputs(job, recipe_dir, keys))
+    settings.update(_image_inputs(job, recipe_dir, keys))
     travel = job.travel_settings()
     settings.update(travel)
     keys.update({name: name for name in travel})
@@ -411,4 +415,26 @@ def _control_inputs(job: _Job, recipe_dir: Path, keys: dict[str, str]) -> dict[s
         settings["controlnets"] = [{**n, **{k: _resolve(n[k], recipe_dir) for k in ("path", "video", "image", "config")
                                             if n.get(k)}} for n in nets]
         keys["controlnets"] = "controlnets"
+    return settings
+
+
+def _image_inputs(job: _Job, recipe_dir: Path, keys: dict[str, str]) -> dict[str, Any]:
+    """``image`` and ``ip_adapter_image_encoder`` (paths), ``ip_adapter`` (a list of ``{path, scale}``) and
+    ``ip_images`` (a list of ``{image, frame}``), paths relative to the YAML; values are checked by the library."""
+    settings: dict[str, Any] = {}
+    for key in ("image", "ip_adapter_image_encoder"):
+        if job.given(key):
+            settings[key], keys[key] = _resolve(job.path_value(key), recipe_dir), key
+    for key, path_key, other, kind in (("ip_adapter", "path", "scale", "number"), ("ip_images", "image", "frame", "whole")):
+        if not job.given(key):
+            continue
+        entries = job.values[key]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get(path_key), str) for e in entries):
+            raise job.fail(key, f"expected a list of mappings, each with {path_key} (and {other})")
+        for i, entry in enumerate(entries):
+            value = entry.get(other)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int if kind == "whole" else (int, float))):
+                raise job.fail(f"{key}[{i}].{other}", "expected a whole number" if kind == "whole" else "expected a number", value)
+        settings[key] = [{**e, path_key: _resolve(e[path_key], recipe_dir)} for e in entries]
+        keys[key] = key
     return settings

@@ -80,6 +80,15 @@ class GenerationConfig:
     video: str | None = None  # video-to-video input: GIF, MP4, WebP or a folder of PNG frames
     strength: float | None = None  # video-to-video: the last int(steps * strength) steps run; None: 0.8
 
+    # ---- image-to-video, video resampling, IP-Adapter (generation/image_input.py, ip_adapter.py; issue 12) ----
+    image: str | None = None  # image-to-video: the still to animate (init-latent blend; strength as video-to-video's)
+    image_strength: float | None = None  # the image's weight in frame 0's start latent, in (0, 1]; None: 1
+    image_falloff: float | None = None  # frames over which that weight falls linearly to 0; None: 32 (A1111)
+    video_fps: float | None = None  # video-to-video: resample the input to this frame rate (None: its frames as they are)
+    ip_adapter: list[dict] | None = None  # each {"path", "scale": 1}: IP-Adapter files (diffusers' load_ip_adapter formats)
+    ip_adapter_image_encoder: str | None = None  # local CLIPVisionModelWithProjection folder (the adapters' image encoder)
+    ip_images: list[dict] | None = None  # each {"image", "frame": 0}: reference images; several: keyframed travel
+
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
         preset = self.scheduler_preset or default_preset
@@ -141,6 +150,7 @@ class GenerationConfig:
         check_freeinit_fields(self)
         prompt_travel.check_config(self)
         check_control_fields(self)
+        check_image_fields(self)
 
 
 def check_control_fields(config: GenerationConfig) -> None:
@@ -151,3 +161,12 @@ def check_control_fields(config: GenerationConfig) -> None:
 
     check_video_fields(config)
     check_controlnet_fields(config)
+
+
+def check_image_fields(config: GenerationConfig) -> None:
+    """Image-to-video and IP-Adapter fields (issue 12; imported here for the same reason as above)."""
+    from .image_input import check_fields as check_image_input_fields
+    from .ip_adapter import check_fields as check_ip_adapter_fields
+
+    check_image_input_fields(config)
+    check_ip_adapter_fields(config)

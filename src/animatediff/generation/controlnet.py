@@ -149,7 +149,9 @@ def read_hint(spec: ControlNetSpec, config) -> tuple[torch.Tensor, dict]:
         raw, kind, source = video_input.read_image(spec.image, FIELD), "image", spec.image
     else:
         source = spec.video if spec.video is not None else config.video
-        raw, kind = video_input.read_video(source, FIELD)[0], "video"
+        # the video-to-video input's own frames: resampled to video_fps like the init latents
+        raw, kind = (video_input.read_video(source, FIELD)[0] if spec.video is not None
+                     else video_input.read_input_video(config)[0]), "video"
     frames = video_input.fit(raw, config.width, config.height)
     if kind == "video":  # one image is broadcast silently; a video of another length is matched (logged)
         frames = video_input.match_length(frames, config.num_frames, f"control video {source}")

@@ -3,7 +3,8 @@
 ``UNetDenoiser(unet)(latents, t, cond) -> prediction`` is the *conditional model* that guidance.py wraps:
 latents ``(batch, 4, num_frames, h, w)`` in fp32 in, the UNet run in its own dtype, the prediction (eps or v)
 in fp32 out. ``cond`` is a conditioning (conditioning.py: per clip or per frame; SDXL adds ``text_embeds``
-and ``time_ids``, passed as the UNet's ``added_cond_kwargs``).
+and ``time_ids``, passed as the UNet's ``added_cond_kwargs``; IP-Adapter embeddings ``ip_image_embeds_<i>`` go
+there as ``image_embeds``, one set per UNet row: ip_adapter.py).
 
 Extension point: ``residual_providers`` (ControlNet, SparseCtrl, ...). Each is called as
 ``provider(latents, t, cond)`` with the same (CFG-batched) arguments as the UNet and returns
@@ -27,6 +28,7 @@ import torch
 
 from ..inflation import AnimateDiffUNet
 from ..sampling.guidance import Conditioning
+from . import ip_adapter
 from .conditioning import fold_frames
 
 Residuals = dict[str, "torch.Tensor | tuple[torch.Tensor, ...]"]
@@ -67,8 +69,11 @@ class UNetDenoiser:
         """latents ``(batch, c, num_frames, h, w)`` fp32 -> prediction of the same shape, fp32."""
         residuals = self.residuals(latents, t, cond)
         unet_cond = fold_frames(cond, latents.shape[2])
-        added = {"text_embeds": unet_cond["text_embeds"], "time_ids": unet_cond["time_ids"]} if "time_ids" in cond else None
+        added = {"text_embeds": unet_cond["text_embeds"], "time_ids": unet_cond["time_ids"]} if "time_ids" in cond else {}
+        image_embeds = ip_adapter.unet_image_embeds(self.unet.unet, cond, latents.shape[2])  # IP-Adapter tokens per frame
+        if image_embeds is not None:
+            added["image_embeds"] = image_embeds
         motion = self.unet.motion  # motion_scale / motion_effect (b, f) ride in the conditioning (prompt_travel.py)
         with motion.controls(cond.get("motion_scale"), cond.get("motion_effect")) if motion is not None else nullcontext():
-            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added, **residuals)
+            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added or None, **residuals)
         return eps.to(latents.dtype)

@@ -14,12 +14,19 @@ text-to-video), then the VAE posterior sample of the frames (``vae.encode``, chu
 then any stochastic sampler noise. So at strength 1.0 the run uses text-to-video's noise and timesteps, but
 starts from ``sqrt(a_t0) z0 + sqrt(1 - a_t0) noise`` (DDIM; Euler: ``z0 + sigma_0 noise``), not from the noise
 alone: the input keeps a small weight (sqrt(a_t0) = 0.05 at DDIM's t0 = 961 for 25 steps).
+
+Frame rate (``video_fps``): the input's own rate is read (MP4, GIF/WebP frame durations; a PNG folder states
+none) and recorded in the sidecar. ``video_fps`` resamples the input in time before the frame count is matched:
+output frame i shows the input frame on screen at time ``i / video_fps``, i.e. input frame
+``floor(i * fps_in / video_fps)`` (frames dropped or repeated, never blended). Without a ``num_frames``, the
+interfaces take the resampled count (``resampled_count``), so the clip spans the whole input.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -89,6 +96,29 @@ def match_length(frames: torch.Tensor, num_frames: int, what: str) -> torch.Tens
     return frames[:num_frames]
 
 
+def resample_indices(count: int, fps_in: float, fps_out: float) -> list[int]:
+    """Input frame per output frame when ``count`` frames at ``fps_in`` are shown at ``fps_out`` (nearest
+    earlier frame in time); ``resampled_count(count, ...)`` of them."""
+    return [int(i * fps_in / fps_out + 1e-9) for i in range(resampled_count(count, fps_in, fps_out))]
+
+
+def resampled_count(count: int, fps_in: float, fps_out: float) -> int:
+    """Output frames that span ``count`` input frames at ``fps_in`` when resampled to ``fps_out`` (at least 1)."""
+    return max(1, int((count - 1) * fps_out / fps_in + 1e-9) + 1)
+
+
+def read_input_video(config) -> tuple[np.ndarray, float | None, int]:
+    """The video-to-video input, resampled to ``config.video_fps`` when given: ``(frames, fps_in, frames_in)``."""
+    raw, fps = read_video(config.video, "video")
+    count = len(raw)
+    if getattr(config, "video_fps", None) is not None:
+        if fps is None:
+            raise UserInputError("the input states no frame rate (a PNG folder?): it cannot be resampled",
+                                 field="video_fps", value=config.video_fps)
+        raw = raw[resample_indices(count, fps, config.video_fps)]
+    return raw, fps, count
+
+
 # ---- video-to-video --------------------------------------------------------------------------------------
 def steps_to_run(steps: int, strength: float) -> int:
     """The last ``int(steps * strength)`` steps run (diffusers' truncation)."""
@@ -96,26 +126,38 @@ def steps_to_run(steps: int, strength: float) -> int:
 
 
 def check_fields(config) -> None:
-    """``UserInputError`` naming the field for bad ``video`` / ``strength`` values (files are read later)."""
+    """``UserInputError`` naming the field for bad ``video`` / ``strength`` / ``video_fps`` values (files are read
+    later). ``strength`` also serves image-to-video (image_input.py), with the same zero-step check."""
     video, strength = config.video, config.strength
+    image = getattr(config, "image", None)
     if video is not None and (not isinstance(video, str) or not video):
         raise UserInputError("must be a path to a video (GIF, MP4, WebP or a folder of PNG frames)", field="video", value=video)
-    if strength is None:
+    video_fps = getattr(config, "video_fps", None)
+    if video_fps is not None:
+        if isinstance(video_fps, bool) or not isinstance(video_fps, (int, float)) or not 0 < video_fps < float("inf"):
+            raise UserInputError("must be a number of frames per second above 0", field="video_fps", value=video_fps)
+        if video is None:
+            raise UserInputError("resamples the video-to-video input: give a video too", field="video_fps", value=video_fps)
+    if strength is not None and video is None and image is None:
+        raise UserInputError("only applies to video-to-video or image-to-video: give a video or an image too",
+                             field="strength", value=strength)
+    if video is None and image is None:
         return
-    if video is None:
-        raise UserInputError("only applies to video-to-video: give a video too", field="strength", value=strength)
+    if strength is None:
+        strength = DEFAULT_STRENGTH  # the default must not round to zero steps either (e.g. steps 1)
     if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 < strength <= 1:
         raise UserInputError("must be a number in (0, 1] (the fraction of the steps run)", field="strength", value=strength)
-    if isinstance(config.steps, int) and steps_to_run(config.steps, strength) < 1:
+    if isinstance(config.steps, int) and config.steps >= 1 and steps_to_run(config.steps, strength) < 1:
         raise UserInputError(f"runs int({config.steps} steps x {strength}) = 0 steps; raise it to at least "
                              f"{1 / config.steps:.3g} (or raise steps)", field="strength", value=strength)
-    if config.freeinit_iterations and config.freeinit_iterations > 1:
+    if video is not None and config.freeinit_iterations and config.freeinit_iterations > 1:
         raise UserInputError("is not combined with FreeInit yet", field="video", value=video)
 
 
-def video_frame_count(path: str) -> tuple[int, float | None]:
-    """Frames and fps of a video input (an interface's default ``num_frames`` when none is given)."""
-    frames, fps = read_video(path, "video")
+def video_frame_count(path: str, video_fps: float | None = None) -> tuple[int, float | None]:
+    """Frames (after resampling to ``video_fps`` when given) and the input's fps of a video input (an
+    interface's default ``num_frames`` when none is given)."""
+    frames, fps, _ = read_input_video(SimpleNamespace(video=path, video_fps=video_fps))
     return len(frames), fps
 
 
@@ -128,7 +170,7 @@ def init_latents(vae, config, generator: torch.Generator) -> tuple[torch.Tensor 
     ``start_step`` the first of the ``steps`` schedule's steps that runs."""
     if config.video is None:
         return None, 0, None
-    raw, fps = read_video(config.video, "video")
+    raw, fps, count = read_input_video(config)
     frames = match_length(fit(raw, config.width, config.height), config.num_frames, f"video {config.video}")
     frames = frames.permute(1, 0, 2, 3)[None].repeat(config.num_videos, 1, 1, 1, 1)  # f c H W -> b c f H W
     from . import vae as vae_io
@@ -139,5 +181,6 @@ def init_latents(vae, config, generator: torch.Generator) -> tuple[torch.Tensor 
     from ..weights.files import file_sha256
 
     info = {"path": config.video, "sha256": file_sha256(config.video) if Path(config.video).is_file() else None,
-            "frames": len(raw), "fps": fps, "strength": strength, "steps_run": config.steps - start_step}
+            "frames": count, "fps": fps,
+            "resampled_to_fps": getattr(config, "video_fps", None), "strength": strength, "steps_run": config.steps - start_step}
     return z0.float(), start_step, info
