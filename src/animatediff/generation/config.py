@@ -80,6 +80,14 @@ class GenerationConfig:
     video: str | None = None  # video-to-video input: GIF, MP4, WebP or a folder of PNG frames
     strength: float | None = None  # video-to-video: the last int(steps * strength) steps run; None: 0.8
 
+    # ---- SparseCtrl (generation/sparsectrl.py; issue 12) ----
+    sparsectrl: str | None = None  # SparseCtrl encoder file (official .ckpt or diffusers SparseControlNetModel keys)
+    keyframes: list[dict] | None = None  # each {"image": path, "index": frame}; negative index: from the end
+    sparsectrl_scale: float | list[float] = 1.0  # residual scale: a number or one per frame
+    sparsectrl_start: float = 0.0  # fractions of the steps run: the encoder runs in [start, end)
+    sparsectrl_end: float = 1.0
+    sparsectrl_normalize: bool = False  # keyframes to grey, min-max [0, 1] (official normalize_condition_images)
+
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
         preset = self.scheduler_preset or default_preset
@@ -151,3 +159,6 @@ def check_control_fields(config: GenerationConfig) -> None:
 
     check_video_fields(config)
     check_controlnet_fields(config)
+    from .sparsectrl import check_fields as check_sparsectrl_fields  # SparseCtrl
+
+    check_sparsectrl_fields(config)
