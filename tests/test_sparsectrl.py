@@ -1,0 +1,305 @@
+"""SparseCtrl (generation/sparsectrl.py, weights/sparsectrl.py) on tiny real components.
+
+Oracle: diffusers' ``SparseControlNetModel`` at the tiny UNet's shapes with every weight random. Its numerics
+differ from the official code in one place, the motion modules' GroupNorm, which diffusers pools over all
+frames of a clip while the official SparseCtrl normalises every frame on its own (advanced-features.md §1.5).
+The oracle gets a per-frame GroupNorm (same parameters) on the instance; a test shows the difference matters.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import SparseControlNetModel
+from PIL import Image
+from torch import nn
+
+from animatediff.errors import UserInputError
+from animatediff.generation import sparsectrl
+from animatediff.generation.pipeline import AnimationPipeline, GenerationConfig
+from animatediff.weights import sparsectrl as layout
+from animatediff.weights.detect import describe_file
+from animatediff.weights.load import check_state_dict
+from animatediff.video_io import sidecar_path
+
+import fixtures
+from conftest import randomize_, tiny_unet
+
+SIZE, FRAMES = 32, 4
+
+
+def oracle(flavour: str, seed: int = 5) -> SparseControlNetModel:
+    """diffusers' SparseCtrl at the tiny UNet's shapes (tests/conftest.py), every weight random."""
+    model = SparseControlNetModel(
+        conditioning_channels=4 if flavour == "rgb" else 3, use_simplified_condition_embedding=flavour == "rgb",
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"), block_out_channels=(32, 64), layers_per_block=1,
+        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8, motion_num_attention_heads=8,
+        motion_max_seq_length=32)
+    with torch.no_grad():  # random weights, but the recomputed position encodings kept
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+class PerFrameGroupNorm(nn.Module):
+    """The official SparseCtrl motion-module norm: statistics per frame, on diffusers' (b, c, f, h, w) input."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        y = self.norm(x.transpose(1, 2).reshape(b * f, c, h, w))  # b c f h w -> (b f) c h w
+        return y.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+def per_frame_(model: SparseControlNetModel) -> SparseControlNetModel:
+    for block in model.down_blocks:
+        for module in block.motion_modules:
+            module.norm = PerFrameGroupNorm(module.norm)
+    return model
+
+
+def official_file(model: SparseControlNetModel) -> dict:
+    """The oracle's weights as the official .ckpt holds them: official names, PE buffers (length 32) included."""
+    state = layout.to_official(model.state_dict())
+    for key in [k for k in state if k.endswith("attention_blocks.0.to_q.weight")]:
+        state[key.replace("to_q.weight", "pos_encoder.pe")] = sinusoid(state[key].shape[0])
+    return state
+
+
+def sinusoid(dim: int) -> torch.Tensor:
+    from animatediff.motion_module import sinusoidal_position_encoding
+
+    return sinusoidal_position_encoding(32, dim)
+
+
+def inputs(flavour: str, b: int = 2, f: int = FRAMES, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    c, size = (4, 8) if flavour == "rgb" else (3, 64)
+    cond = torch.randn(1, c, f, size, size, generator=g)
+    mask = torch.zeros(1, 1, f, size, size)
+    cond[:, :, 1:-1] = 0  # keyframes on the first and last frame only
+    mask[:, :, [0, -1]] = 1
+    text = torch.randn(b, 77, 32, generator=g)
+    return cond, mask, text
+
+
+@pytest.mark.parametrize("flavour", ["rgb", "scribble"])
+def test_residuals_equal_the_official_numerics(tmp_path, flavour):
+    model = oracle(flavour)
+    path = fixtures.save(official_file(model), tmp_path / f"{flavour}.ckpt", wrapper="controlnet")
+    encoder = sparsectrl.load_encoder(str(path), tiny_unet(), torch.float32, torch.device("cpu"))
+    cond, mask, text = inputs(flavour)
+    b, f = text.shape[0], FRAMES
+    t = torch.tensor(601)
+    noisy = torch.randn(b, 4, f, 8, 8)
+    with torch.no_grad():
+        ours = encoder(noisy, t, text.repeat_interleave(f, 0), torch.cat([cond, mask], 1).transpose(1, 2).expand(b, -1, -1, -1, -1),
+                       torch.ones(b, f))
+        oracle_args = dict(encoder_hidden_states=text.repeat_interleave(f, 0), controlnet_cond=cond.expand(b, -1, -1, -1, -1),
+                           conditioning_mask=mask.expand(b, -1, -1, -1, -1), return_dict=False)
+        across = model(noisy, t, **oracle_args)
+        want = per_frame_(model)(noisy, t, **oracle_args)
+    gaps = []
+    for mine, theirs, pooled in zip((*ours[0], ours[1]), (*want[0], want[1]), (*across[0], across[1])):
+        mine = mine.transpose(1, 2).flatten(0, 1)  # b C f h w -> (b f) C h w, diffusers' layout
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+        gaps.append(float((mine - pooled).abs().max()))
+    assert gaps[0] == 0 and min(gaps[1:]) > 1e-3  # after the first motion module, diffusers' pooled GroupNorm differs
+
+
+def test_official_and_diffusers_files_load_to_the_same_tensors(tmp_path):
+    model = oracle("rgb")
+    unet = tiny_unet()
+    diffusers_file = fixtures.save(model.state_dict(), tmp_path / "diffusers.safetensors")  # pos_embed.pe included
+    official = fixtures.save({**official_file(model), "animatediff_config": {"x": 1}}, tmp_path / "official.ckpt",
+                             wrapper="controlnet")
+    plain = fixtures.save(official_file(model), tmp_path / "plain.safetensors")  # no wrapper
+    loaded = [sparsectrl.load_encoder(str(p), unet, torch.float32, torch.device("cpu")).model.state_dict()
+              for p in (diffusers_file, official, plain)]
+    assert loaded[0].keys() == loaded[1].keys() == loaded[2].keys()
+    assert all(torch.equal(loaded[0][k], other[k]) for other in loaded[1:] for k in loaded[0])
+    assert set(loaded[0]) == set(layout.to_official(model.state_dict()))  # every file key used, nothing else
+    assert not any("pos_encoder" in k or "pos_embed" in k for k in loaded[0])
+    for path, kind in ((diffusers_file, "diffusers"), (official, "official")):
+        description = describe_file(path)
+        assert (description.kind, description.version, description.base) == ("sparsectrl", "rgb", "sd15")
+        assert description.details["layout"] == kind and description.details["motion_modules"] == 2
+
+
+def test_key_rules_round_trip():
+    model = oracle("scribble")
+    official = layout.to_official(model.state_dict())
+    assert any(".temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q" in k for k in official)
+    assert layout.to_diffusers(official).keys() == {k for k in model.state_dict() if not k.endswith("pos_embed.pe")}
+    assert layout.embedding_widths(official) == (16, 32, 96, 256) and layout.condition_channels(official) == 3
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "misshapen"])
+def test_a_missing_extra_or_misshapen_key_is_one_error(tmp_path, change):
+    state = official_file(oracle("rgb"))
+    if change == "missing":
+        del state["controlnet_mid_block.bias"]
+    elif change == "extra":
+        state["down_blocks.0.motion_modules.0.temporal_transformer.extra.weight"] = torch.zeros(2)
+    else:
+        state["controlnet_mid_block.weight"] = torch.zeros(64, 64, 3, 3)
+    path = fixtures.save(state, tmp_path / "bad.ckpt")
+    with pytest.raises(UserInputError, match=f"sparsectrl {path}: .*{ {'extra': 'unexpected', 'misshapen': 'wrong shape'}.get(change, change)}"):
+        sparsectrl.load_encoder(str(path), tiny_unet(), torch.float32, torch.device("cpu"))
+
+
+def test_the_fixture_file_loads_strictly():
+    """tests/fixtures.sparsectrl_state_dict (the official layout at tiny shapes) has exactly our model's keys."""
+    unet = tiny_unet()
+    for flavour in ("rgb", "scribble"):
+        state = layout.to_official(fixtures.sparsectrl_state_dict(unet, flavour))
+        encoder = sparsectrl.SparseCtrlEncoder(unet, flavour, layout.condition_channels(state),
+                                               layout.embedding_widths(state) if flavour == "scribble" else (16, 32, 96, 256))
+        check_state_dict(encoder.model, state, "fixture", "SparseCtrl")
+
+
+# ---- the condition -------------------------------------------------------------------------------------------
+def test_fit_keyframe_centre_crops_to_the_aspect_then_resizes():
+    image = np.zeros((1, 40, 100, 3), dtype=np.uint8)
+    image[:, :, 30:70] = 255  # the centre 40 columns white: a 1:1 target keeps exactly them
+    out = sparsectrl.fit_keyframe(image, 16, 16)
+    assert out.shape == (3, 16, 16)
+    torch.testing.assert_close(out, torch.ones(3, 16, 16))  # no black from the sides
+    same = sparsectrl.fit_keyframe(np.full((1, 16, 32, 3), 7, dtype=np.uint8), 32, 16)
+    assert torch.equal(same, torch.full((3, 16, 32), 7 / 255))  # already the size: untouched
+
+
+def test_keyframe_indices_negative_out_of_range_and_duplicates():
+    config = GenerationConfig(prompt="x", num_frames=16, keyframes=[{"image": "a", "index": 0}, {"image": "b", "index": -1},
+                                                                    {"image": "c", "index": 8}])
+    assert sparsectrl.keyframe_indices(config) == [0, 15, 8]
+    for bad, words in (([{"image": "a", "index": 16}], "keyframes a: index 16 is outside the clip"),
+                       ([{"image": "a", "index": -17}], "index -17 is outside"),
+                       ([{"image": "a", "index": 0}, {"image": "b", "index": -16}], r"keyframes -16: frame 0 has two keyframes \(a and b\)")):
+        with pytest.raises(UserInputError, match=words):
+            sparsectrl.keyframe_indices(GenerationConfig(prompt="x", num_frames=16, keyframes=bad))
+
+
+def test_parse_keyframe_arg():
+    assert sparsectrl.parse_keyframe_arg("dir@x/a.png@-1") == {"image": "dir@x/a.png", "index": -1}
+    assert sparsectrl.keyframes_from_image("a.png") == [{"image": "a.png", "index": 0}]
+    for bad in ("a.png", "a.png@", "@3", "a.png@first"):
+        with pytest.raises(UserInputError, match="keyframes .*IMAGE@INDEX"):
+            sparsectrl.parse_keyframe_arg(bad)
+
+
+def test_normalize_is_grey_min_max():
+    image = torch.stack([torch.linspace(0.2, 0.6, 4).view(2, 2)] * 3)
+    out = sparsectrl.normalize(image)
+    assert torch.allclose(out, torch.stack([torch.tensor([[0, 1 / 3], [2 / 3, 1]])] * 3))
+
+
+# ---- generation ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, base):
+    d = tmp_path_factory.mktemp("sparsectrl")
+    paths = {}
+    for flavour in ("rgb", "scribble"):
+        model = oracle(flavour)
+        paths[flavour] = str(fixtures.save(official_file(model), d / f"{flavour}.ckpt", wrapper="controlnet"))
+        zero = layout.to_official(model.state_dict())
+        for key in [k for k in zero if k.startswith(("controlnet_down_blocks.", "controlnet_mid_block."))]:
+            zero[key] = torch.zeros_like(zero[key])  # the zero-initialised output convs of a fresh encoder
+        paths[f"{flavour}-zero"] = str(fixtures.save(zero, d / f"{flavour}-zero.safetensors"))
+    g = np.random.default_rng(0)
+    for i in range(3):
+        paths[f"image{i}"] = str(d / f"key{i}.png")
+        Image.fromarray(g.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths[f"image{i}"])
+    paths["text"] = str(d / "notes.png")
+    (d / "notes.png").write_text("not an image")
+    return paths
+
+
+@pytest.fixture
+def pipe(base, motion):
+    pipeline = AnimationPipeline(base, motion)
+    yield pipeline
+    pipeline.close()
+
+
+def config(files, **overrides) -> GenerationConfig:
+    two = [{"image": files["image0"], "index": 0}, {"image": files["image1"], "index": -1}]
+    return GenerationConfig(**{**dict(prompt="a cat walking", negative_prompt="blurry", num_frames=FRAMES, width=SIZE,
+                                      height=SIZE, steps=2, seed=1, sparsectrl=files["rgb"], keyframes=two), **overrides})
+
+
+def test_zero_output_convs_change_nothing(pipe, files):
+    plain = pipe.generate(config(files, sparsectrl=None, keyframes=None)).latents
+    for flavour in ("rgb", "scribble"):
+        assert torch.equal(pipe.generate(config(files, sparsectrl=files[f"{flavour}-zero"])).latents, plain)
+        assert not torch.equal(pipe.generate(config(files, sparsectrl=files[flavour])).latents, plain)
+
+
+def test_scale_start_end(pipe, files):
+    plain = pipe.generate(config(files, sparsectrl=None, keyframes=None)).latents
+    full = pipe.generate(config(files)).latents
+    assert torch.equal(pipe.generate(config(files, sparsectrl_scale=0.0)).latents, plain)
+    assert torch.equal(pipe.generate(config(files, sparsectrl_scale=[1.0] * FRAMES)).latents, full)
+    assert torch.equal(pipe.generate(config(files, sparsectrl_start=0.6)).latents, plain)  # 2 steps: neither runs
+    half = pipe.generate(config(files, sparsectrl_end=0.5)).latents
+    assert not torch.equal(half, plain) and not torch.equal(half, full)
+    per_frame = pipe.generate(config(files, sparsectrl_scale=[1.0, 0.0, 0.5, 1.0])).latents
+    assert not torch.equal(per_frame, full)
+
+
+def test_rgb_condition_is_the_vae_mean_at_the_indices(base, files):
+    cfg = config(files, keyframes=[{"image": files["image0"], "index": -1}, {"image": files["image1"], "index": 1}])
+    hint = sparsectrl.build_hint(cfg, "rgb", base.vae)
+    assert hint.shape == (FRAMES, 5, SIZE // 8, SIZE // 8)
+    assert torch.equal(hint[:, 4, 0, 0], torch.tensor([0.0, 1.0, 0.0, 1.0]))  # the mask
+    assert torch.equal(hint[[0, 2]], torch.zeros_like(hint[[0, 2]]))  # no keyframe: zero latent, mask 0
+    from animatediff.generation import vae as vae_io
+    from animatediff.generation.video_input import read_image
+
+    pixels = sparsectrl.fit_keyframe(read_image(files["image0"], "keyframes"), SIZE, SIZE)
+    mean = vae_io.encode(base.vae, pixels[None, :, None], sample=False)[0, :, 0]
+    torch.testing.assert_close(hint[3, :4], mean)  # batched with the other image: conv rounding
+    assert torch.equal(sparsectrl.build_hint(cfg, "rgb", base.vae), hint)  # deterministic
+    scribble = sparsectrl.build_hint(cfg, "scribble", base.vae)
+    assert scribble.shape == (FRAMES, 4, SIZE, SIZE) and torch.equal(scribble[3, :3], pixels)
+
+
+def test_context_windows_slice_the_condition(pipe, files):
+    """With one window over all frames, windows change nothing; with several, each sees its frames' condition."""
+    whole = pipe.generate(config(files)).latents
+    assert torch.equal(pipe.generate(config(files, context="static", context_length=FRAMES)).latents, whole)
+    long = config(files, num_frames=8, context="static", context_length=4, context_overlap=2,
+                  keyframes=[{"image": files["image0"], "index": 0}, {"image": files["image1"], "index": 7}])
+    assert pipe.generate(long).latents.shape == (1, 4, 8, 4, 4)
+    seen = []
+    provider_call = sparsectrl.SparseCtrlProvider.__call__
+
+    def spy(self, latents, t, cond):
+        seen.append(cond["sparsectrl_hint"][0, :, 4, 0, 0].tolist())  # the mask of each window's frames
+        return provider_call(self, latents, t, cond)
+
+    sparsectrl.SparseCtrlProvider.__call__ = spy
+    try:
+        pipe.generate(long)
+    finally:
+        sparsectrl.SparseCtrlProvider.__call__ = provider_call
+    assert [1.0, 0.0, 0.0, 0.0] in seen and [0.0, 0.0, 0.0, 1.0] in seen and [0.0, 0.0, 0.0, 0.0] in seen
+
+
+def test_sidecar_records_the_inputs(pipe, files, tmp_path):
+    from animatediff.weights.files import file_sha256
+
+    result = pipe.generate(config(files))
+    meta = result.metadata()
+    assert meta["sparsectrl"] == files["rgb"] and meta["keyframes"][1] == {"image": files["image1"], "index": -1}
+    inputs = meta["inputs"]["sparsectrl"]
+    assert inputs["sha256"] == file_sha256(files["rgb"]) and inputs["flavour"] == "rgb"
+    assert [k["sha256"] for k in inputs["keyframes"]] == [file_sha256(files["image0"]), file_sha256(files["image1"])]
+    assert [k["frame"] for k in inputs["keyframes"]] == [0, FRAMES - 1]
