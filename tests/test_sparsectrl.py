@@ -303,3 +303,141 @@ def test_sidecar_records_the_inputs(pipe, files, tmp_path):
     assert inputs["sha256"] == file_sha256(files["rgb"]) and inputs["flavour"] == "rgb"
     assert [k["sha256"] for k in inputs["keyframes"]] == [file_sha256(files["image0"]), file_sha256(files["image1"])]
     assert [k["frame"] for k in inputs["keyframes"]] == [0, FRAMES - 1]
+
+
+# ---- command line, Python API, official prompt YAMLs ----------------------------------------------------------
+from pathlib import Path  # noqa: E402
+
+from animatediff.cli import main  # noqa: E402
+
+OFFICIAL = Path(__file__).parent / "official_prompts" / "3_sparsectrl"
+
+
+def _argv(model_files, out, *extra):
+    return ["-q", "generate", "a red circle", "--model", model_files["ldm"], "--model-config", model_files["folder"],
+            "--motion-module", model_files["v2"], "--frames", str(FRAMES), "--width", str(SIZE), "--height", str(SIZE),
+            "--steps", "2", "--seed", "1", "--out", str(out), *extra]
+
+
+def test_two_keyframes_through_the_cli_and_the_api_give_the_same_clip(model_files, files, tmp_path):
+    from animatediff.api import Animator
+
+    out = tmp_path / "clip.gif"
+    keys = ["--sparsectrl", files["rgb"], "--keyframe", f"{files['image0']}@0", "--keyframe", f"{files['image1']}@-1"]
+    assert main(_argv(model_files, out, *keys, "--sparsectrl-scale", "0.8", "--sparsectrl-end", "0.9")) == 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["sparsectrl"] == files["rgb"] and meta["sparsectrl_scale"] == 0.8 and meta["sparsectrl_end"] == 0.9
+    assert meta["keyframes"] == [{"image": files["image0"], "index": 0}, {"image": files["image1"], "index": -1}]
+    assert [k["frame"] for k in meta["inputs"]["sparsectrl"]["keyframes"]] == [0, FRAMES - 1]
+    animator = Animator.load(model_files["ldm"], model_files["v2"], model_config=model_files["folder"])
+    result = animator.generate("a red circle", num_frames=FRAMES, width=SIZE, height=SIZE, steps=2, seed=1,
+                               sparsectrl=files["rgb"], keyframes=meta["keyframes"], sparsectrl_scale=0.8, sparsectrl_end=0.9)
+    animator.save(result, tmp_path / "api.gif")
+    assert (tmp_path / "api.gif").read_bytes() == out.read_bytes()
+
+
+def official_tree(root: Path, base) -> Path:
+    """The files the official 3_sparsectrl jobs name, fabricated at tiny shapes, under their official paths."""
+    from animatediff.weights.load import load_base_model  # noqa: F401  (the tiny base's files come from fixtures)
+
+    def put(rel: str, state: dict, wrapper: str | None = None) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        fixtures.save(state, root / rel, wrapper=wrapper)
+
+    put("models/Motion_Module/v3_sd15_mm.ckpt", fixtures.official_motion_state_dict("v3"))
+    put("models/Motion_Module/v3_sd15_adapter.ckpt", fixtures.domain_adapter_state_dict(base.unet))
+    put("models/DreamBooth_LoRA/realisticVisionV60B1_v51VAE.safetensors", fixtures.ldm_checkpoint(base))
+    for flavour in ("rgb", "scribble"):
+        put(f"models/SparseCtrl/v3_sd15_sparsectrl_{flavour}.ckpt", {**official_file(oracle(flavour)), "animatediff_config": ""},
+            wrapper="controlnet")
+    g = np.random.default_rng(1)
+    names = ["image/painting.png", "image/interpolation_1.png", "image/interpolation_2.png", "image/RealisticVision_firework.png",
+             "image/RealisticVision_sunset.png", "scribble/scribble_1.png"]
+    names += [f"image/low_fps_{i}.png" for i in range(1, 5)] + [f"image/prediction_{i}.png" for i in range(1, 5)]
+    names += [f"scribble/scribble_2_{i}.png" for i in range(1, 4)]
+    for name in names:
+        (root / "__assets__/demos" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "__assets__/demos" / name)
+    return root
+
+
+def test_the_official_sparsectrl_yamls_run_unchanged(model_files, base, tmp_path, monkeypatch):
+    monkeypatch.chdir(official_tree(tmp_path, base))  # official paths are relative to the repository root
+    runs = {"3_1_sparsectrl_i2v.yaml": (["--width", "48", "--height", "32"], 8, [[0], [0, 15], [0, 5, 10, 15], [0, 1, 2, 3]]),
+            "3_2_sparsectrl_rgb_RealisticVision.yaml": ([], 4, [[0], [0]]),
+            "3_3_sparsectrl_sketch_RealisticVision.yaml": ([], 4, [[0], [0, 8, 15]])}
+    for name, (size, clips, frames) in runs.items():
+        out = tmp_path / "out" / name.removesuffix(".yaml")
+        size = size or ["--width", str(SIZE), "--height", str(SIZE)]
+        argv = ["-q", "generate", "--config", str(OFFICIAL / name), "--model", model_files["folder"], "--model-config",
+                model_files["folder"], "--steps", "2", *size, "--out", str(out)]
+        assert main(argv) == 0, name
+        written = sorted(out.glob("*.gif"), key=lambda p: int(p.name.split("-")[0]))
+        assert len(written) == clips, name
+        metas = [json.loads(sidecar_path(p).read_text()) for p in written]
+        assert [[k["frame"] for k in m["inputs"]["sparsectrl"]["keyframes"]] for m in metas[::2]] == frames, name
+        flavour = "scribble" if "sketch" in name else "rgb"
+        assert {m["inputs"]["sparsectrl"]["flavour"] for m in metas} == {flavour}
+        assert all(m["num_frames"] == 16 and m["adapter"]["scale"] == 1.0 for m in metas)
+
+
+BAD = {  # argv additions -> (what the one error line names, words it must hold)
+    "sdxl encoder": (lambda f: ["--sparsectrl", f["sdxl"], "--keyframe", f"{f['image0']}@0"], "--sparsectrl",
+                     "an SDXL SparseCtrl encoder with an SD1.5 base model"),
+    "index outside the clip": (lambda f: ["--sparsectrl", f["rgb"], "--keyframe", f"{f['image0']}@{FRAMES}"], "--keyframe",
+                               f"index {FRAMES} is outside the clip"),
+    "duplicate frame": (lambda f: ["--sparsectrl", f["rgb"], "--keyframe", f"{f['image0']}@0", "--keyframe",
+                                   f"{f['image1']}@-{FRAMES}"], "--keyframe", "frame 0 has two keyframes"),
+    "not an image": (lambda f: ["--sparsectrl", f["rgb"], "--keyframe", f"{f['text']}@0"], "--keyframe", "is not an image"),
+    "no index": (lambda f: ["--sparsectrl", f["rgb"], "--keyframe", f["image0"]], "--keyframe", "expected IMAGE@INDEX"),
+    "keyframes without encoder": (lambda f: ["--keyframe", f"{f['image0']}@0"], "--keyframe", "needs a SparseCtrl encoder"),
+    "encoder without keyframes": (lambda f: ["--sparsectrl", f["rgb"]], "--keyframe", "SparseCtrl needs keyframes"),
+    "corrupt ckpt": (lambda f: ["--sparsectrl", f["corrupt"], "--keyframe", f"{f['image0']}@0"], "--sparsectrl",
+                     "truncated or corrupt"),
+    "code-executing ckpt": (lambda f: ["--sparsectrl", f["pickle"], "--keyframe", f"{f['image0']}@0"], "--sparsectrl",
+                            "refusing to load, this pickle needs code execution"),
+    "a motion module": (lambda f: ["--sparsectrl", f["motion"], "--keyframe", f"{f['image0']}@0"], "--sparsectrl",
+                        "is not a SparseCtrl encoder"),
+    "scale list length": (lambda f: ["--sparsectrl", f["rgb"], "--keyframe", f"{f['image0']}@0", "--sparsectrl-scale", "1,2"],
+                          "--sparsectrl-scale", f"has 2 values for {FRAMES} frames"),
+    "start after end": (lambda f: ["--sparsectrl", f["rgb"], "--keyframe", f"{f['image0']}@0", "--sparsectrl-start", "0.8",
+                                   "--sparsectrl-end", "0.5"], "--sparsectrl-start", "needs 0 <= start < end <= 1"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, files):
+    d = tmp_path_factory.mktemp("bad")
+    sdxl = tiny_unet(sdxl=True)
+    state = fixtures.sparsectrl_state_dict(sdxl, "rgb")
+    state.update({k: v for k, v in sdxl.state_dict().items() if k.startswith("add_embedding.")})  # SDXL's added embedding
+    return {**files, "sdxl": str(fixtures.save(state, d / "sdxl_sparsectrl.safetensors")),
+            "corrupt": str(fixtures.write_corrupt(d / "corrupt.ckpt")),
+            "pickle": str(fixtures.write_code_execution_pickle(d / "evil.ckpt")),
+            "motion": str(fixtures.save(fixtures.official_motion_state_dict("v3"), d / "mm.ckpt"))}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_nothing_written(model_files, bad_files, tmp_path, capsys, case):
+    extra, where, expected = BAD[case]
+    assert main(_argv(model_files, tmp_path / "clip.gif", *extra(bad_files))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {where}") and expected in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("job, key, words", [
+    ("  controlnet_image_indexs: [0, 1]\n", "controlnet_image_indexs [0, 1]", "2 indices but only 1 controlnet_images"),
+    ("", "controlnet_path", "needs controlnet_images"),
+])
+def test_bad_yaml_sparsectrl_keys(model_files, files, tmp_path, capsys, job, key, words):
+    recipe = tmp_path / "in" / "r.yaml"
+    recipe.parent.mkdir()
+    images = f"  controlnet_images: [\"{files['image0']}\"]\n" if "indexs" in job else ""
+    recipe.write_text(f"- motion_module: \"{model_files['v2']}\"\n  prompt: [\"a\"]\n  steps: 2\n  guidance_scale: 7.5\n"
+                      f"  controlnet_path: \"{files['rgb']}\"\n{images}{job}")
+    out = tmp_path / "out"
+    assert main(["-q", "generate", "--config", str(recipe), "--model", model_files["folder"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0] and words in err[0], err
+    assert not out.exists()
