@@ -429,7 +429,7 @@ def _sparsectrl_inputs(job: _Job, recipe_dir: Path, keys: dict[str, str]) -> dic
     images = job.values.get("controlnet_images")
     images = [images] if isinstance(images, str) else images
     if not images or not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
-        raise job.fail("controlnet_path", "needs controlnet_images: a list of keyframe image paths")
+        raise job.fail("controlnet_path", "a SparseCtrl job needs controlnet_images (the keyframe image paths)")
     indices = job.values.get("controlnet_image_indexs", [0])
     if not isinstance(indices, list) or not indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
         raise job.fail("controlnet_image_indexs", "expected a list of frame indices (whole numbers, -1 = last frame)")
