@@ -441,3 +441,64 @@ def test_bad_yaml_sparsectrl_keys(model_files, files, tmp_path, capsys, job, key
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and key in err[0] and words in err[0], err
     assert not out.exists()
+
+
+# ---- training mode sparsectrl (training/sparsectrl.py) ---------------------------------------------------------
+def test_edges_and_random_keyframes():
+    from animatediff.training.sparsectrl import edges, random_keyframes
+
+    frames = -torch.ones(1, 3, 8, 8)
+    frames[..., 4:] = 1.0  # a vertical step between columns 3 and 4
+    e = edges(frames)
+    assert e.shape == (1, 3, 8, 8) and set(e.unique().tolist()) == {0.0, 1.0}
+    assert e[0, 0, :, 3:5].all() and not e[0, 0, :, :2].any() and not e[0, 0, :, 6:].any()
+    g = torch.Generator().manual_seed(0)
+    chosen = random_keyframes(50, 6, 3, g)
+    assert all(1 <= len(c) <= 3 and len(set(c)) == len(c) and c == sorted(c) and max(c) < 6 for c in chosen)
+    assert {len(c) for c in chosen} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("flavour", ["rgb", "scribble"])
+def test_sparsectrl_training_trains_only_the_encoder_and_exports_the_official_layout(flavour, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from animatediff.demo.world import write_dataset
+    from animatediff.training import load_config, train
+    from animatediff.training.modes import fresh_motion
+    from tiny_models import tiny_base_model
+
+    csv_path = write_dataset(tmp_path / "videos", 2, num_frames=6, height=32, width=32)
+    base = tiny_base_model()
+    mm_config = load_config("motion-module", "tiny-motion-module", {"video_folder": "."})
+    motion_path = tmp_path / "mm.safetensors"
+    save_file(randomize_(fresh_motion(mm_config, base.unet), std=0.05).state_dict(), str(motion_path))
+    config = load_config("sparsectrl", None, dict(
+        caption_file=str(csv_path), size=32, num_frames=4, max_train_steps=2, checkpointing_steps=2, num_workers=0,
+        output_dir=str(tmp_path / "out"), batch_size=1, motion_module=str(motion_path), sparsectrl_flavour=flavour,
+        learning_rate=1e-3, validation_steps=0))
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    result = train(config, base=base)
+    assert len(result.losses) == 2 and all(np.isfinite(list(result.losses.values())))
+    assert all(torch.equal(before[k], v) for k, v in base.unet.state_dict().items())  # the UNet stays frozen
+    state = load_file(str(result.exported))
+    assert result.exported.name == "sparsectrl-final.safetensors"
+    assert any(k.endswith("attention_blocks.0.pos_encoder.pe") for k in state)  # official layout, PE included
+    assert layout.flavour(state) == flavour and not layout.is_diffusers_layout(state)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in state.items() if k.startswith("controlnet_down_blocks."))
+    encoder = sparsectrl.load_encoder(str(result.exported), base.unet, torch.float32, torch.device("cpu"))  # strict
+    assert describe_file(result.exported).kind == "sparsectrl"
+    assert encoder.flavour == flavour
+
+
+@pytest.mark.parametrize("flavour", ["rgb", "scribble"])
+def test_a_fresh_encoder_starts_from_the_unet_and_adds_nothing(flavour):
+    from animatediff.training.sparsectrl import new_encoder
+
+    unet = tiny_unet()
+    encoder = new_encoder(unet, flavour)
+    assert torch.equal(encoder.model.conv_in.weight, unet.conv_in.weight)
+    assert torch.equal(encoder.model.down_blocks[0].resnets[0].conv1.weight, unet.down_blocks[0].resnets[0].conv1.weight)
+    cond, mask, text = inputs(flavour)
+    down, mid = encoder(torch.randn(2, 4, FRAMES, 8, 8), torch.tensor(500), text.repeat_interleave(FRAMES, 0),
+                        torch.cat([cond, mask], 1).transpose(1, 2).expand(2, -1, -1, -1, -1), torch.ones(2, FRAMES))
+    assert all(not r.any() for r in (*down, mid))

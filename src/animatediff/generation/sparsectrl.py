@@ -146,16 +146,21 @@ class SparseCtrlEncoder:
     ``model`` holds every weight (``model.state_dict()`` has the canonical keys); call the encoder with video
     tensors, it folds the frames and sets the frame count the hooks need."""
 
-    def __init__(self, unet, flavour: str, condition_channels: int, widths: tuple[int, ...] = (16, 32, 96, 256)):
+    def __init__(self, unet, flavour: str, condition_channels: int, widths: tuple[int, ...] = (16, 32, 96, 256),
+                 from_unet: bool = False):
+        """``from_unet``: copy conv_in, the time embedding, down and mid blocks from ``unet`` (a fresh encoder to
+        train; the output convs, the condition embedding's last conv and the motion modules' proj_out are zero)."""
         from diffusers import ControlNetModel
 
         self.flavour = flavour
         self.context = FrameContext()
         unet_config = unet.config
-        model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=widths, load_weights_from_unet=False,
-                                          conditioning_channels=condition_channels + 1)  # the architecture only
-        if flavour == "rgb":  # one conv at latent size on (latent, mask): the official simplified embedding
+        model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=widths, load_weights_from_unet=from_unet,
+                                          conditioning_channels=condition_channels + 1)
+        if flavour == "rgb":  # one zero-initialised conv at latent size on (latent, mask): the official simplified embedding
             model.controlnet_cond_embedding = nn.Conv2d(condition_channels + 1, unet_config.block_out_channels[0], 3, padding=1)
+            nn.init.zeros_(model.controlnet_cond_embedding.weight)
+            nn.init.zeros_(model.controlnet_cond_embedding.bias)
         mm = motion_config(unet_config)
         for block, channels in zip(model.down_blocks, unet_config.block_out_channels):
             block.motion_modules = nn.ModuleList(VanillaTemporalModule(channels, mm) for _ in range(len(block.resnets)))
