@@ -458,24 +458,33 @@ def test_edges_and_random_keyframes():
     assert {len(c) for c in chosen} == {1, 2, 3}
 
 
-@pytest.mark.parametrize("flavour", ["rgb", "scribble"])
-def test_sparsectrl_training_trains_only_the_encoder_and_exports_the_official_layout(flavour, tmp_path):
-    from safetensors.torch import load_file, save_file
+def train_config(tmp_path, **overrides):
+    from safetensors.torch import save_file
 
     from animatediff.demo.world import write_dataset
-    from animatediff.training import load_config, train
+    from animatediff.training import load_config
     from animatediff.training.modes import fresh_motion
     from tiny_models import tiny_base_model
 
     csv_path = write_dataset(tmp_path / "videos", 2, num_frames=6, height=32, width=32)
-    base = tiny_base_model()
     mm_config = load_config("motion-module", "tiny-motion-module", {"video_folder": "."})
     motion_path = tmp_path / "mm.safetensors"
-    save_file(randomize_(fresh_motion(mm_config, base.unet), std=0.05).state_dict(), str(motion_path))
-    config = load_config("sparsectrl", None, dict(
+    save_file(randomize_(fresh_motion(mm_config, tiny_base_model().unet), std=0.05).state_dict(), str(motion_path))
+    return load_config("sparsectrl", None, {**dict(
         caption_file=str(csv_path), size=32, num_frames=4, max_train_steps=2, checkpointing_steps=2, num_workers=0,
-        output_dir=str(tmp_path / "out"), batch_size=1, motion_module=str(motion_path), sparsectrl_flavour=flavour,
-        learning_rate=1e-3, validation_steps=0))
+        output_dir=str(tmp_path / "out"), batch_size=1, motion_module=str(motion_path), learning_rate=1e-3,
+        validation_steps=0), **overrides})
+
+
+@pytest.mark.parametrize("flavour", ["rgb", "scribble"])
+def test_sparsectrl_training_trains_only_the_encoder_and_exports_the_official_layout(flavour, tmp_path):
+    from safetensors.torch import load_file
+
+    from animatediff.training import train
+    from tiny_models import tiny_base_model
+
+    base = tiny_base_model()
+    config = train_config(tmp_path, sparsectrl_flavour=flavour)
     before = {k: v.clone() for k, v in base.unet.state_dict().items()}
     result = train(config, base=base)
     assert len(result.losses) == 2 and all(np.isfinite(list(result.losses.values())))
@@ -502,3 +511,42 @@ def test_a_fresh_encoder_starts_from_the_unet_and_adds_nothing(flavour):
     down, mid = encoder(torch.randn(2, 4, FRAMES, 8, 8), torch.tensor(500), text.repeat_interleave(FRAMES, 0),
                         torch.cat([cond, mask], 1).transpose(1, 2).expand(2, -1, -1, -1, -1), torch.ones(2, FRAMES))
     assert all(not r.any() for r in (*down, mid))
+
+
+def test_full_size_layout_matches_the_official_files():
+    """Built on the meta device from the shipped SD1.5 UNet config: the official §4.5 shapes and diffusers' counts
+    (496.7 M / 497.8 M parameters; 486 keys with the 8 position encodings)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from animatediff.components import package_data
+
+    config = json.loads((package_data("sd15") / "unet" / "config.json").read_text())
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        found = {flavour: sparsectrl.SparseCtrlEncoder(unet, flavour, 4 if flavour == "rgb" else 3).model.state_dict()
+                 for flavour in ("rgb", "scribble")}
+    rgb, scribble = found["rgb"], found["scribble"]
+    assert sum(v.numel() for v in rgb.values()) == 496_730_880 and sum(v.numel() for v in scribble.values()) == 497_802_784
+    assert len(rgb) + 8 == 486
+    assert tuple(rgb["controlnet_cond_embedding.weight"].shape) == (320, 5, 3, 3)
+    assert [tuple(scribble[f"controlnet_cond_embedding.blocks.{i}.weight"].shape)[:2] for i in range(6)] == [
+        (16, 16), (32, 16), (32, 32), (96, 32), (96, 96), (256, 96)]
+    assert [rgb[f"controlnet_down_blocks.{i}.weight"].shape[0] for i in range(12)] == [320] * 4 + [640] * 3 + [1280] * 5
+    modules = {k.split(".temporal_transformer.")[0] for k in rgb if ".motion_modules." in k}
+    assert len(modules) == 8 and not any(k.startswith("mid_block.motion_modules") for k in rgb)
+    assert not any("attention_blocks.1" in k for k in rgb)  # a single temporal attention
+
+
+def test_sparsectrl_training_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from animatediff.training import train
+    from tiny_models import tiny_base_model
+
+    config = train_config(tmp_path, max_train_steps=3)
+    full = train(config, base=tiny_base_model())
+    second = train(config, base=tiny_base_model(), resume=tmp_path / "out" / "checkpoints" / "step-000002")
+    assert second.losses == {3: full.losses[3]}
+    a, b = load_file(str(full.exported)), load_file(str(second.exported))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
