@@ -8,7 +8,9 @@ Writes into OUT_DIR, for ``--base sd15`` (the default):
 - ``lora.safetensors``      kohya LoRA for SD1.5 UNet + text encoder (rank 4, alpha 4; diffusers-style names)
 - ``v2_lora_ZoomIn.ckpt``   v2 MotionLoRA (rank 4), official processor format
 with ``--motion-preset v3`` (SD1.5 only): ``v3_sd15_mm.ckpt`` (v3 motion module: no mid block, ``pos_encoder.pe``
-of length 32; fp32, full size ~1.7 GB) instead of the v2 module and its MotionLoRA;
+of length 32; fp32, full size ~1.7 GB) instead of the v2 module and its MotionLoRA, and the two SparseCtrl encoders
+``v3_sd15_sparsectrl_rgb.ckpt`` / ``v3_sd15_sparsectrl_scribble.ckpt`` (official layout in a ``controlnet`` wrapper,
+``pos_encoder.pe`` of length 32; fp32, full size 497 M params, ~1.9 GB each; built in memory, one at a time);
 for ``--base sdxl``:
 - ``sdxl.safetensors``         single-file SDXL checkpoint, ``sd_xl_base_1.0`` layout (bf16; full size: 3.5 B
                                params, ~7 GB): ``model.diffusion_model.*`` (with ``label_emb``),
@@ -41,6 +43,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from animatediff.components import package_data
+from animatediff.generation.sparsectrl import SparseCtrlEncoder
 from animatediff.weights.convert import clip_to_ldm, open_clip_to_ldm, unet_name_to_ldm, unet_to_ldm, vae_to_ldm
 from animatediff.motion_module import MotionModules, sinusoidal_position_encoding
 from animatediff.presets import MOTION_PRESETS
@@ -181,6 +184,22 @@ def write_motion_module(out: Path, base: str, configs: dict[str, dict], preset: 
     return path, meta
 
 
+def write_sparsectrl(out: Path, configs: dict[str, dict], flavour: str) -> Path:
+    """A SparseCtrl encoder for the UNet of ``configs``: random weights (the zero-initialised parts too, so that
+    it acts), ``pos_encoder.pe`` buffers, the official ``{"controlnet": state_dict}`` wrapper."""
+    with init_empty_weights(include_buffers=True):
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        meta = SparseCtrlEncoder(unet, flavour, 4 if flavour == "rgb" else 3).model
+    state = {}
+    for i, (key, value) in enumerate(meta.state_dict().items()):
+        state[key] = random_tensor(key, tuple(value.shape), 20_000 + i, torch.float32)
+        if key.endswith("attention_blocks.0.to_q.weight"):
+            state[key.replace("to_q.weight", "pos_encoder.pe")] = sinusoidal_position_encoding(32, value.shape[0])
+    path = out / f"v3_sd15_sparsectrl_{flavour}.ckpt"
+    torch.save({"controlnet": state}, path)
+    return path
+
+
 _UNET_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0", ".proj_in", ".proj_out", ".ff.net.0.proj", ".ff.net.2")
 _TEXT_TARGETS = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
 
@@ -262,6 +281,8 @@ def fabricate(out_dir: Path, base: str = "sd15", size: str = "full", motion_pres
     paths += [mm_path, write_lora(out_dir, base, configs)]
     if base == "sd15" and motion_preset in (None, "v2"):  # MotionLoRAs are v2's
         paths.append(write_motion_lora(out_dir, meta))
+    if base == "sd15" and motion_preset == "v3":  # the v3 release's SparseCtrl encoders
+        paths += [write_sparsectrl(out_dir, configs, flavour) for flavour in ("rgb", "scribble")]
     if size == "tiny":
         write_tiny_folder(out_dir, base, configs)
     return paths

@@ -121,7 +121,7 @@ def test_unknown_keys_are_warned_once_and_init_image_is_not_ignored_silently(tmp
     [
         ("- {guidance_scale: 7, prompt: [a]}", "missing required key 'steps'"),
         ("- {steps: 2, guidance_scale: 7, prompt: [a, b], n_prompt: [x, y, z]}", "2 prompts but 3 n_prompt"),
-        ("- {steps: 2, guidance_scale: 7, prompt: [a], controlnet_path: sc.ckpt}", "SparseCtrl"),
+        ("- {steps: 2, guidance_scale: 7, prompt: [a], controlnet_path: sc.ckpt}", "SparseCtrl job needs controlnet_images"),
         ("just a string", "expected a list of jobs"),
         ("- [unclosed", "not valid YAML"),
     ],

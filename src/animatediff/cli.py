@@ -144,6 +144,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
     settings.update(_prompt_travel_settings(args))
     settings.update(_control_settings(args))
     settings.update(_image_settings(args))
+    settings.update(_sparsectrl_settings(args))
     return settings
 
 
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_args(gen)
     add_image_args(gen)
     add_ip_adapter_args(gen)
+    add_sparsectrl_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
     return parser
@@ -608,6 +610,53 @@ def _image_settings(args: argparse.Namespace) -> dict:
     for name in ("image", "image_strength", "image_falloff", "video_fps", "ip_adapter_image_encoder"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
+    return settings
+
+
+# ---- SparseCtrl (generation/sparsectrl.py) -----------------------------------------------------------------
+SPARSECTRL_FLAGS = {"sparsectrl": "--sparsectrl", "keyframes": "--keyframe", "sparsectrl_scale": "--sparsectrl-scale",
+                    "sparsectrl_start": "--sparsectrl-start", "sparsectrl_end": "--sparsectrl-end",
+                    "sparsectrl_normalize": "--sparsectrl-normalize"}
+FIELD_FLAGS.update(SPARSECTRL_FLAGS)
+
+
+def add_sparsectrl_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "SparseCtrl", "Keyframe images steer the clip (AnimateDiff v3 SparseCtrl, SD1.5): one at frame 0 animates a "
+        "still, first and last interpolate, several scribbles make a storyboard. Images are centre-cropped to the "
+        "clip's aspect, then resized.")
+    group.add_argument("--sparsectrl", metavar="FILE", help="SparseCtrl encoder: v3_sd15_sparsectrl_rgb.ckpt or "
+                       "_scribble.ckpt (official or diffusers keys); the flavour is read from the file")
+    group.add_argument("--keyframe", action="append", metavar="IMAGE@INDEX",
+                       help="a keyframe image at a frame (negative: from the end, -1 = last); repeatable")
+    group.add_argument("--sparsectrl-scale", type=parse_multival, metavar="S",
+                       help="residual scale: a number (default 1) or one per frame (comma-separated)")
+    group.add_argument("--sparsectrl-start", type=float, metavar="F", help="first fraction of the steps it runs (default 0)")
+    group.add_argument("--sparsectrl-end", type=float, metavar="F", help="last fraction of the steps it runs (default 1)")
+    group.add_argument("--sparsectrl-normalize", action="store_true", default=None,
+                       help="keyframes to grey, min-max scaled (for scribbles; the official normalize_condition_images)")
+
+
+def _sparsectrl_settings(args: argparse.Namespace) -> dict:
+    """The SparseCtrl fields given as flags; the encoder's keys and every keyframe image are read here, so a bad
+    file is refused before any model loads."""
+    from .generation import sparsectrl, video_input
+    from .weights.files import read_keys
+    from .weights.sparsectrl import flavour
+
+    settings = {name: getattr(args, name) for name in SPARSECTRL_FLAGS if name != "keyframes" and getattr(args, name) is not None}
+    if args.keyframe:
+        settings["keyframes"] = [sparsectrl.parse_keyframe_arg(text) for text in args.keyframe]
+        for keyframe in settings["keyframes"]:
+            video_input.read_image(keyframe["image"], "keyframes")
+    if args.sparsectrl is not None and Path(args.sparsectrl).is_file():
+        try:
+            keys = read_keys(args.sparsectrl)
+        except UserInputError as e:
+            raise UserInputError(e.detail.removeprefix(f"{args.sparsectrl}: "), field="sparsectrl", value=args.sparsectrl) from None
+        if flavour(keys) is None:
+            raise UserInputError("is not a SparseCtrl encoder (no controlnet_cond_embedding weights)", field="sparsectrl",
+                                 value=args.sparsectrl)
     return settings
 
 

@@ -54,10 +54,11 @@ FIELD_KEYS = {
     "image_strength": "number", "image_falloff": "number", "video_fps": "number",
 }
 READ_KEYS |= set(FIELD_KEYS) | {"video", "controlnets"} | {"image", "ip_adapter", "ip_adapter_image_encoder", "ip_images"}
+# SparseCtrl, the official keys (read by _sparsectrl_inputs)
+READ_KEYS |= {"controlnet_path", "controlnet_images", "controlnet_image_indexs", "normalize_condition_images"}
 # Accepted without effect: the architecture is detected from the motion module file (--motion-preset forces
-# one); the SparseCtrl inputs only matter with controlnet_path, which is refused.
-UNUSED_KEYS = {"inference_config", "controlnet_path", "controlnet_config", "controlnet_images", "controlnet_image_indexs",
-               "normalize_condition_images"}
+# one), the SparseCtrl flavour from the encoder file (controlnet_config: latent_condition / image_condition).
+UNUSED_KEYS = {"inference_config", "controlnet_config"}
 WARNED_KEYS = {"domain_lora_scale", "init_image"}
 REQUIRED_KEYS = ("prompt", "steps", "guidance_scale")
 _MISSING = object()
@@ -312,8 +313,6 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
     for required in REQUIRED_KEYS:
         if required not in job.values and not (travels and required == "prompt"):
             raise UserInputError(f"{where}: missing required key {required!r}", field="config", value=job.path)
-    if job.path_value("controlnet_path"):
-        raise job.fail("controlnet_path", "SparseCtrl jobs are not supported by `generate` yet")
     if "domain_lora_scale" in job.values:
         # The pre-2024-07 v3 configs spelled it so; the official script ignored it and used 1.0.
         logger.warning("%s, %s: 'domain_lora_scale' is ignored as in the official script; use adapter_lora_scale", job.path, where)
@@ -378,6 +377,7 @@ def _read_job(job: _Job, model: str | None, overrides: dict[str, Any]) -> list[G
             settings[key], keys[key] = job.typed(key, kind), key
     settings.update(_control_inputs(job, recipe_dir, keys))
     settings.update(_image_inputs(job, recipe_dir, keys))
+    settings.update(_sparsectrl_inputs(job, recipe_dir, keys))
     travel = job.travel_settings()
     settings.update(travel)
     keys.update({name: name for name in travel})
@@ -437,4 +437,36 @@ def _image_inputs(job: _Job, recipe_dir: Path, keys: dict[str, str]) -> dict[str
                 raise job.fail(f"{key}[{i}].{other}", "expected a whole number" if kind == "whole" else "expected a number", value)
         settings[key] = [{**e, path_key: _resolve(e[path_key], recipe_dir)} for e in entries]
         keys[key] = key
+    return settings
+
+
+# ---- SparseCtrl (generation/sparsectrl.py): the official keys ------------------------------------------------
+def _sparsectrl_inputs(job: _Job, recipe_dir: Path, keys: dict[str, str]) -> dict[str, Any]:
+    """``controlnet_path`` -> ``sparsectrl``; image i of ``controlnet_images`` at frame ``controlnet_image_indexs[i]``
+    (default ``[0]``; images beyond the indices are ignored, as in the official script) -> ``keyframes``;
+    ``normalize_condition_images`` -> ``sparsectrl_normalize``. Paths relative to the YAML as everywhere."""
+    if not job.path_value("controlnet_path"):
+        for key in ("controlnet_images", "controlnet_image_indexs", "normalize_condition_images"):
+            if job.given(key):
+                raise job.fail(key, "needs controlnet_path (a SparseCtrl encoder)")
+        return {}
+    settings = {"sparsectrl": _resolve(job.path_value("controlnet_path"), recipe_dir)}
+    keys["sparsectrl"] = "controlnet_path"
+    images = job.values.get("controlnet_images")
+    images = [images] if isinstance(images, str) else images
+    if not images or not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
+        raise job.fail("controlnet_path", "a SparseCtrl job needs controlnet_images (the keyframe image paths)")
+    indices = job.values.get("controlnet_image_indexs", [0])
+    if not isinstance(indices, list) or not indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        raise job.fail("controlnet_image_indexs", "expected a list of frame indices (whole numbers, -1 = last frame)")
+    if len(indices) > len(images):
+        raise job.fail("controlnet_image_indexs", f"{len(indices)} indices but only {len(images)} controlnet_images")
+    if len(images) > len(indices):
+        logger.info("%s, job %s: %d controlnet_images beyond the %d indices are ignored (as in the official script)",
+                    job.path, job.name, len(images) - len(indices), len(indices))
+    settings["keyframes"] = [{"image": _resolve(image.strip(), recipe_dir), "index": index} for image, index in zip(images, indices)]
+    keys["keyframes"] = "controlnet_images/controlnet_image_indexs"
+    if job.given("normalize_condition_images"):
+        settings["sparsectrl_normalize"], keys["sparsectrl_normalize"] = job.typed("normalize_condition_images", "flag"), \
+            "normalize_condition_images"
     return settings

@@ -88,6 +88,13 @@ class GenerationConfig:
     ip_adapter: list[dict] | None = None  # each {"path", "scale": 1}: IP-Adapter files (diffusers' load_ip_adapter formats)
     ip_adapter_image_encoder: str | None = None  # local CLIPVisionModelWithProjection folder (the adapters' image encoder)
     ip_images: list[dict] | None = None  # each {"image", "frame": 0}: reference images; several: keyframed travel
+    # ---- SparseCtrl (generation/sparsectrl.py; issue 12) ----
+    sparsectrl: str | None = None  # SparseCtrl encoder file (official .ckpt or diffusers SparseControlNetModel keys)
+    keyframes: list[dict] | None = None  # each {"image": path, "index": frame}; negative index: from the end
+    sparsectrl_scale: float | list[float] = 1.0  # residual scale: a number or one per frame
+    sparsectrl_start: float = 0.0  # fractions of the steps run: the encoder runs in [start, end)
+    sparsectrl_end: float = 1.0
+    sparsectrl_normalize: bool = False  # keyframes to grey, min-max [0, 1] (official normalize_condition_images)
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -100,7 +107,17 @@ class GenerationConfig:
             steps=self.steps if self.steps is not None else defaults.steps,
             guidance_scale=self.guidance_scale if self.guidance_scale is not None else defaults.guidance_scale,
             seed=self.seed if self.seed is not None else random.SystemRandom().randrange(2**32),
+            keyframes=self._keyframes_with_image(),
         )
+
+    def _keyframes_with_image(self) -> list[dict] | None:
+        # image-to-video with a SparseCtrl encoder: the still is the RGB keyframe at frame 0, not an init blend
+        # (image_input.init_latents then steps aside); a keyframe of its own at frame 0 is a duplicate-index error.
+        if self.image is None or self.sparsectrl is None:
+            return self.keyframes
+        from .sparsectrl import keyframes_from_image
+
+        return keyframes_from_image(self.image) + list(self.keyframes or [])
 
     def validate(self, vae_scale_factor: int | None = None, max_frames: int | None = None,
                  motion_name: str | None = None) -> None:
@@ -161,6 +178,9 @@ def check_control_fields(config: GenerationConfig) -> None:
 
     check_video_fields(config)
     check_controlnet_fields(config)
+    from .sparsectrl import check_fields as check_sparsectrl_fields  # SparseCtrl
+
+    check_sparsectrl_fields(config)
 
 
 def check_image_fields(config: GenerationConfig) -> None:

@@ -35,7 +35,7 @@ from ..sampling.freenoise import ViewPlan, noise_window, reschedule_noise
 from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import make_scheduler
 from ..video_io import to_uint8
-from . import controlnet, image_input, ip_adapter, prompt_travel, vae as vae_io, video_input
+from . import controlnet, image_input, ip_adapter, prompt_travel, sparsectrl, vae as vae_io, video_input
 from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
@@ -121,6 +121,7 @@ class AnimationPipeline:
         self.denoiser = UNetDenoiser(self.unet)
         self.controlnets: dict = {}  # loaded ControlNets by (path, config), kept between generations
         self.ip_adapter_cache: dict = {}  # the IP-Adapter image encoder, kept between generations
+        self.sparsectrls: dict = {}  # the loaded SparseCtrl encoder by path (sparsectrl.py)
         self.vae_scale_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)  # 8 for SD/SDXL
 
     def close(self) -> None:
@@ -202,8 +203,12 @@ class AnimationPipeline:
         if init is None:
             init, start_step, image = image_input.init_latents(self.base.vae, config, generator)
         cond, uncond, ip_attached, ip_info = ip_adapter.prepare(self.base, config, cond, uncond, self.ip_adapter_cache)
+        cond, uncond, sparse, keyframes = sparsectrl.prepare(self.base, config, cond, uncond,  # SparseCtrl: same pattern
+                                                             lambda: scheduler.timesteps[start_step * scheduler.order:], self.sparsectrls)
+        nets = [*nets, *sparse]
         unet_model = UNetDenoiser(self.unet, [*self.denoiser.residual_providers, *nets]) if nets else self.denoiser
-        model = with_context(unet_model, config, {**PER_CLIP_NDIM, **controlnet.PER_CLIP_NDIM, **ip_adapter.PER_CLIP_NDIM})
+        model = with_context(unet_model, config, {**PER_CLIP_NDIM, **controlnet.PER_CLIP_NDIM, **ip_adapter.PER_CLIP_NDIM,
+                                                  **sparsectrl.PER_CLIP_NDIM})
         denoiser = ClassifierFreeGuidance(model, cond, uncond, config.guidance_scale)
         views = ViewPlan.from_fields(config)  # None: the motion modules see all frames at once
         with self.unet.views(views), ip_attached:
@@ -220,8 +225,8 @@ class AnimationPipeline:
         logger.info("generated %d x %d frames at %dx%d in %.1fs", config.num_videos, config.num_frames,
                     config.width, config.height, timings["total"])
         models = {"base_model": self.base.source, "motion_preset": self.motion.config.name if self.motion is not None else None}
-        if video or hints:  # input files with hashes, frame counts, the video's fps
-            models["inputs"] = {"video": video, "controlnets": hints}
+        if video or hints or keyframes:  # input files with hashes, frame counts, the video's fps
+            models["inputs"] = {"video": video, "controlnets": hints, **({"sparsectrl": keyframes} if keyframes else {})}
         if image or ip_info:  # issue 12: the still and the IP-Adapter files and images, with hashes
             models.setdefault("inputs", {}).update({k: v for k, v in (("image", image), ("ip_adapter", ip_info)) if v})
         decoder = partial(vae_io.decode_chunks, self.base.vae, latents, config.decode_chunk_size)  # frames on demand

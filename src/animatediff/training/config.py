@@ -23,7 +23,7 @@ from ..components import package_data
 from ..errors import UserInputError
 from ..presets import CAMERA_MOVES, MOTION_PRESETS
 
-MODES = ("image", "domain-adapter", "motion-module", "motion-lora")
+MODES = ("image", "domain-adapter", "motion-module", "motion-lora", "sparsectrl")
 LOSS_WEIGHTINGS = ("none", "min-snr", "truncated-snr")
 
 
@@ -37,6 +37,8 @@ class TrainConfig:
     domain_adapter: str | None = None  # motion-module / motion-lora: merged into the frozen UNet at scale 1
     lora_rank: int = 64  # motion-lora (official ~64) and domain-adapter (official ~128)
     lora_alpha: float | None = None  # LoRA scale = alpha / rank; None -> scale 1 (the official merge convention)
+    sparsectrl_flavour: str = "rgb"  # sparsectrl mode: rgb (VAE latents) | scribble (edges of the frames)
+    sparsectrl_max_keyframes: int = 3  # sparsectrl mode: each clip is conditioned at 1 .. this many random frames
     # ---- data ---------------------------------------------------------------------------------------
     video_folder: str | None = None  # WebVid layout: {video_folder}/{videoid}.mp4
     caption_file: str | None = None  # CSV (videoid,name | path,caption) or JSONL (path, caption)
@@ -102,6 +104,12 @@ class TrainConfig:
         self.motion_preset = self.motion_preset.lower()
         if self.mode == "motion-lora" and not self.motion_module:
             bad("motion_module", "motion-lora trains LoRA on an existing motion module; give its file", show_value=False)
+        if self.mode == "sparsectrl" and not self.motion_module:  # training/sparsectrl.py
+            bad("motion_module", "sparsectrl trains an encoder for an existing motion module; give its file", show_value=False)
+        if self.sparsectrl_flavour not in ("rgb", "scribble"):
+            bad("sparsectrl_flavour", "not rgb or scribble")
+        if self.sparsectrl_max_keyframes < 1:
+            bad("sparsectrl_max_keyframes", "must be >= 1")
         if self.camera_move is not None and self.camera_move not in CAMERA_MOVES:
             bad("camera_move", f"not one of {', '.join(CAMERA_MOVES)}")
         if not 1 <= self.lora_rank <= 1024:

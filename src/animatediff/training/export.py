@@ -42,6 +42,7 @@ WEIGHT_FILES = {
     "motion-module": "motion_module.safetensors",
     "motion-lora": "motion_lora.safetensors",
     "domain-adapter": "domain_adapter.safetensors",
+    "sparsectrl": "sparsectrl.safetensors",  # the official SparseCtrl key layout (training/sparsectrl.py)
     "image": "unet",  # a diffusers UNet folder (config.json + diffusion_pytorch_model.safetensors)
 }
 

@@ -115,9 +115,10 @@ def loss_weights(scheduler: DDPMScheduler, weighting: str, snr_gamma: float) -> 
 
 
 def training_loss(model, base: BaseModel, scheduler: DDPMScheduler, batch: dict, generator: torch.Generator, device,
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
+                  weights: torch.Tensor | None = None, condition: Callable | None = None) -> torch.Tensor:
     """Eq. 7: || eps - eps_theta(z_t, t, tau(y)) ||^2 with one timestep per clip (``weights``: per timestep;
-    the target is v instead of eps for a v-prediction base)."""
+    the target is v instead of eps for a v-prediction base). ``condition(latents, pixels, generator)``: extra
+    model inputs (sparsectrl mode), drawn after the noise and timesteps."""
     with torch.no_grad():
         # the generator lives on the CPU: every draw (posterior sample, noise, t) is the same on any device
         latents = encode_pixels(base.vae, batch["pixel_values"].to(device), generator)
@@ -125,7 +126,8 @@ def training_loss(model, base: BaseModel, scheduler: DDPMScheduler, batch: dict,
     noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)  # sqrt(a_t) z0 + sqrt(1 - a_t) eps
-    prediction = model(noisy, timesteps, text)
+    extra = condition(latents, batch["pixel_values"].to(device), generator) if condition is not None else {}
+    prediction = model(noisy, timesteps, text, **extra)
     # v-prediction bases (scheduler config prediction_type): v = sqrt(a_t) eps - sqrt(1 - a_t) z0
     target = noise if base.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     if weights is None:
@@ -302,7 +304,7 @@ def train(
                 # Why frames(): gradient checkpointing re-runs hooked layers inside backward(), and the motion
                 # hooks must still know the frame count there (it is reset when forward() returns).
                 with accelerator.accumulate(model), setup.model.denoiser.frames(config.frames_per_sample):
-                    loss = training_loss(model, base, noise_scheduler, batch, generator, device, weights)
+                    loss = training_loss(model, base, noise_scheduler, batch, generator, device, weights, setup.condition)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(params, config.max_grad_norm)

@@ -6,6 +6,7 @@
 | domain-adapter | single frames, 2-D UNet    | LoRA on spatial attn1/attn2 q/k/v/out    | ``...attn1.processor.to_q_lora...``   |
 | motion-module  | clips, inflated UNet       | the ``MotionModules`` object             | ``down_blocks.i.motion_modules...``   |
 | motion-lora    | clips, inflated UNet       | LoRA on the motion modules' q/k/v/out    | ``...attention_blocks.j.processor...``|
+| sparsectrl     | clips, inflated UNet       | a SparseCtrl encoder (training/sparsectrl.py) | official SparseCtrl keys          |
 
 The VAE and text encoder(s) never train; everything not listed as trainable has ``requires_grad=False``.
 """
@@ -17,6 +18,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -53,6 +55,7 @@ class Setup:
     model: TrainModel
     trainable: nn.Module  # holds exactly the trained parameters
     motion: MotionModules | None  # attached motion modules (for validation)
+    condition: Callable | None = None  # extra model inputs per batch (sparsectrl: the keyframe hints)
 
     def export_state(self, config: TrainConfig) -> dict[str, torch.Tensor] | None:
         """Official-layout tensors of the trained weights (None for image mode: a diffusers folder)."""
@@ -75,7 +78,8 @@ class Setup:
         elif config.mode == "image":
             self.trainable.load_state_dict(load_file(str(checkpoint / "unet" / "diffusion_pytorch_model.safetensors")), strict=True)
         else:
-            state = {k: v for k, v in load_file(str(checkpoint / "motion_module.safetensors")).items() if not is_position_encoding_key(k)}
+            name = "sparsectrl.safetensors" if config.mode == "sparsectrl" else "motion_module.safetensors"
+            state = {k: v for k, v in load_file(str(checkpoint / name)).items() if not is_position_encoding_key(k)}
             self.trainable.load_state_dict(state, strict=True)
 
     def signature(self, base: BaseModel) -> str:
@@ -143,6 +147,14 @@ def build(config: TrainConfig, base: BaseModel, motion: MotionModules | None = N
             denoiser = AnimateDiffUNet(base.unet, motion)
         except ValueError as e:
             raise UserInputError(str(e), field="motion_module") from None
+        if config.mode == "sparsectrl":  # the encoder trains on the frozen model (training/sparsectrl.py)
+            from .sparsectrl import SparseCtrlTrainModel, make_condition, new_encoder
+
+            encoder = new_encoder(base.unet, config.sparsectrl_flavour)
+            encoder.model.requires_grad_(True)
+            logger.info("sparsectrl: %.2fM trainable parameters", sum(p.numel() for p in encoder.model.parameters()) / 1e6)
+            return Setup(SparseCtrlTrainModel(denoiser, encoder), encoder.model, motion,
+                         make_condition(config.sparsectrl_flavour, config.sparsectrl_max_keyframes))
         if config.mode == "motion-module":
             trainable = motion
         else:

@@ -5,7 +5,7 @@ tried in this order; the first that matches decides (docs/formats.md has the sam
 | kind                 | recognised by                                                                  |
 |----------------------|--------------------------------------------------------------------------------|
 | lora (format: kohya, loha, lokr, lycoris) | kohya ``lora_unet_*`` / ``lora_te*_`` keys; the tensor names give the family: ``.lora_down``/``.lora_up`` (LoRA, LoCon), ``.hada_w1_a``... (LoHa), ``.lokr_w1``... (LoKr), several (lycoris) |
-| sparsectrl           | ``controlnet_cond_embedding.*`` (``.weight``: RGB, ``.conv_in``: scribble)       |
+| sparsectrl           | ``controlnet_cond_embedding.weight`` (RGB) or ``.conv_in.weight`` (scribble); official or diffusers layout (sparsectrl.py) |
 | motion-lora          | processor-format LoRA (``processor.to_q_lora``) on ``motion_modules``            |
 | domain-adapter v3    | processor-format LoRA on spatial ``attentions.*.attn1/attn2`` holding what the official ``v3_sd15_adapter.ckpt`` holds: q/k/v/out of attn1 and attn2 in all 16 SD1.5 transformer blocks at rank 128, cross-attention input 768 (or that full layout in a file named ``*adapter*``) |
 | processor-lora       | any other processor-format LoRA on spatial attention: the same key layout, so it is reported as "processor-format LoRA (domain adapter layout)" |
@@ -40,6 +40,7 @@ import torch
 
 from .convert import PEFT_PREFIX, diffusers_lora_key_to_kohya, parse_processor_lora_key
 from .deltas import family_of, out_in, rank_part
+from . import sparsectrl
 from .files import read_keys
 from ..errors import UserInputError
 
@@ -277,11 +278,11 @@ def detect_kind(state_dict: dict, name: str = "") -> FileDescription:
     n = _num_params(state_dict)
     if any(k.startswith(KOHYA_PREFIXES) for k in keys):
         return _describe_lora(*_lora_groups(keys, state_dict), keys, n)
-    if any(k.startswith("controlnet_cond_embedding.") for k in keys):
-        version = "scribble" if "controlnet_cond_embedding.conv_in.weight" in state_dict else "rgb"
+    if sparsectrl.flavour(keys) is not None:  # weights/sparsectrl.py: official or diffusers layout
         motion = detect_motion_module(state_dict) or {}
-        details = {"motion_modules": motion.get("num_modules", 0)}
-        return FileDescription("sparsectrl", version, n, "sd15", details)
+        details = {"layout": "diffusers" if sparsectrl.is_diffusers_layout(keys) else "official",
+                   "motion_modules": motion.get("num_modules", 0)}
+        return FileDescription("sparsectrl", sparsectrl.flavour(keys), n, sparsectrl.base_of(state_dict), details)
     lora_keys = [k for k in keys if parse_processor_lora_key(k) is not None]
     if lora_keys:
         return _describe_processor_lora(state_dict, lora_keys, n, name)
