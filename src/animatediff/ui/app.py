@@ -58,6 +58,23 @@ def _make(w: Widget, studio: Studio):
     raise ValueError(f"unknown widget kind {w.kind}")
 
 
+def _place(unit_widgets, comps: dict, studio: Studio) -> None:
+    """Build widgets in order; neighbours with the same ``row`` share a ``gr.Row``."""
+    i = 0
+    while i < len(unit_widgets):
+        w = unit_widgets[i]
+        group = [w]
+        while w.row and i + len(group) < len(unit_widgets) and unit_widgets[i + len(group)].row == w.row:
+            group.append(unit_widgets[i + len(group)])
+        if len(group) > 1:
+            with gr.Row():
+                for g in group:
+                    comps[g.name] = _make(g, studio)
+        else:
+            comps[w.name] = _make(w, studio)
+        i += len(group)
+
+
 def windows_text(num_frames, context, length, overlap, closed_loop) -> str:
     """A small picture of the first step's context windows (``0-15 ▕████░░░░▏``) for the long-video tab."""
     try:
@@ -88,18 +105,16 @@ def build(studio: Studio) -> gr.Blocks:
         comps: dict[str, gr.components.Component] = {}
         with gr.Row():
             with gr.Column(scale=3):
-                for w in MAIN.widgets:
-                    comps[w.name] = _make(w, studio)
-                    if w.name == "seed":
-                        dice = gr.Button("🎲 random seed", size="sm", elem_id="random-seed")
-                refresh = gr.Button("Refresh model lists", size="sm")
+                _place(MAIN.widgets, comps, studio)
+                with gr.Row():
+                    dice = gr.Button("Random seed", size="sm", elem_id="random-seed")
+                    refresh = gr.Button("Refresh model lists", size="sm")
                 with gr.Tabs():
                     for unit in UNITS:
                         if unit is MAIN:
                             continue
                         with gr.Tab(unit.title):
-                            for w in unit.widgets:
-                                comps[w.name] = _make(w, studio)
+                            _place(unit.widgets, comps, studio)
                             if unit is LONG:
                                 picture = gr.Markdown(windows_text(16, CONTEXT_AUTO, 0, -1, False), elem_id="windows")
             with gr.Column(scale=2):

@@ -43,6 +43,7 @@ class Widget:
     maximum: float | None = None
     step: float | None = None
     info: str = ""
+    row: str = ""  # neighbouring widgets with the same row name share a line of the page
 
 
 @dataclass
@@ -124,19 +125,19 @@ def _main_from_sidecar(sc: dict) -> dict:
 MAIN = Unit("Text to video", (
     Widget("prompt", "Prompt", "textarea", "a red circle bouncing on a blue striped background"),
     Widget("negative_prompt", "Negative prompt", "text", ""),
-    Widget("model", "Base model", "picker:model"),
-    Widget("motion_module", "Motion module", "picker:motion_module"),
-    Widget("num_frames", "Frames", "int", 16, minimum=1),
-    Widget("fps", "FPS", "number", 8, minimum=1),
-    Widget("width", "Width", "int", 64, step=8),
-    Widget("height", "Height", "int", 64, step=8),
+    Widget("model", "Base model", "picker:model", row="models"),
+    Widget("motion_module", "Motion module", "picker:motion_module", row="models"),
+    Widget("num_frames", "Frames", "int", 16, minimum=1, row="size"),
+    Widget("fps", "FPS", "number", 8, minimum=1, row="size"),
+    Widget("width", "Width", "int", 64, step=8, row="size"),
+    Widget("height", "Height", "int", 64, step=8, row="size"),
     Widget("scheduler_preset", "Preset", "dropdown", PRESET_DEFAULT, (PRESET_DEFAULT, *SCHEDULER_PRESETS),
-           info="Lightning / AnimateLCM set steps, CFG and scheduler together"),
-    Widget("steps", "Steps", "int", 10, minimum=1),
-    Widget("guidance_scale", "Guidance (CFG)", "number", 7.5, minimum=0),
-    Widget("scheduler", "Scheduler", "dropdown", SCHEDULER_DEFAULT, (SCHEDULER_DEFAULT, *SCHEDULERS)),
-    Widget("seed", "Seed", "int", -1, info="-1: random (the seed used is recorded)"),
-    Widget("format", "Output format", "dropdown", "gif", tuple(FORMATS)),
+           info="Lightning / AnimateLCM set steps, CFG and scheduler together", row="sampling"),
+    Widget("steps", "Steps", "int", 10, minimum=1, row="sampling"),
+    Widget("guidance_scale", "Guidance (CFG)", "number", 7.5, minimum=0, row="sampling"),
+    Widget("scheduler", "Scheduler", "dropdown", SCHEDULER_DEFAULT, (SCHEDULER_DEFAULT, *SCHEDULERS), row="sampling"),
+    Widget("seed", "Seed", "int", -1, info="-1: random (the seed used is recorded)", row="out"),
+    Widget("format", "Output format", "dropdown", "gif", tuple(FORMATS), row="out"),
 ), _main_settings, _main_from_sidecar, tab=False)
 
 
@@ -167,13 +168,13 @@ def _lora_from_sidecar(sc: dict) -> dict:
 
 LORAS = Unit("LoRAs", (
     *(w for i in range(1, LORA_SLOTS + 1) for w in (
-        Widget(f"lora_{i}", f"LoRA {i}", "picker:loras"),
-        Widget(f"lora_{i}_scale", f"LoRA {i} weight", "slider", 0.8, minimum=-2, maximum=2, step=0.05))),
+        Widget(f"lora_{i}", f"LoRA {i}", "picker:loras", row=f"lora{i}"),
+        Widget(f"lora_{i}_scale", f"LoRA {i} weight", "slider", 0.8, minimum=-2, maximum=2, step=0.05, row=f"lora{i}"))),
     *(w for i in range(1, LORA_SLOTS + 1) for w in (
-        Widget(f"motion_lora_{i}", f"MotionLoRA {i}", "picker:motion_loras"),
-        Widget(f"motion_lora_{i}_scale", f"MotionLoRA {i} alpha", "slider", 1.0, minimum=0, maximum=2, step=0.05))),
-    Widget("adapter", "Domain adapter", "picker:adapter"),
-    Widget("adapter_scale", "Domain adapter weight", "slider", 1.0, minimum=0, maximum=2, step=0.05),
+        Widget(f"motion_lora_{i}", f"MotionLoRA {i}", "picker:motion_loras", row=f"mlora{i}"),
+        Widget(f"motion_lora_{i}_scale", f"MotionLoRA {i} alpha", "slider", 1.0, minimum=0, maximum=2, step=0.05, row=f"mlora{i}"))),
+    Widget("adapter", "Domain adapter", "picker:adapter", row="adapter"),
+    Widget("adapter_scale", "Domain adapter weight", "slider", 1.0, minimum=0, maximum=2, step=0.05, row="adapter"),
 ), _lora_settings, _lora_from_sidecar)
 
 _LONG_FIELDS = ("context", "context_length", "context_overlap", "context_stride", "context_fuse", "closed_loop", "context_batch",

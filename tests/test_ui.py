@@ -1,0 +1,297 @@
+"""The web UI (animatediff.ui): the job queue, cancelling, the safety checks, one-line errors, and the Gradio
+server driven over loopback by ``gradio_client``. Generation uses the bundled demo model at 4 frames, 2 steps."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from animatediff import bundled
+from animatediff.api import Animator, Cancelled
+from animatediff.errors import UserInputError
+from animatediff.ui import check_args, is_loopback
+from animatediff.ui.form import NONE, widgets
+from animatediff.ui.jobs import CANCELLED, DONE, FAILED, JobQueue, QueueFull
+from animatediff.ui.safety import check_upload, inside, pick
+
+needs_bundle = pytest.mark.skipif(not bundled.is_available(), reason="the bundled demo model is not installed")
+TINY = {"num_frames": 4, "steps": 2, "seed": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def form_values(**changes) -> list:
+    """Every widget's default, in the page's order, with ``changes`` (what the browser would send)."""
+    values = {w.name: w.default for w in widgets()}
+    values.update(model="base (bundled)", motion_module="demo (bundled)")
+    for w in widgets():
+        if w.kind.startswith("picker:") and w.name not in ("model", "motion_module"):
+            values[w.name] = NONE
+    values.update(changes)
+    return [values[w.name] for w in widgets()]
+
+
+# ---- the API hook: a progress callback that raises Cancelled --------------------------------------------------
+@needs_bundle
+def test_cancelled_from_progress_stops_after_that_step_and_leaves_the_model_as_it_was():
+    animator = Animator.load()
+    before = animator.generate("a red circle", **TINY).latents
+    steps = []
+
+    def progress(step, total):
+        steps.append(step)
+        if step == 3:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        animator.generate("a red circle", num_frames=4, steps=50, seed=1, progress=progress)
+    assert steps == [1, 2, 3]  # stopped within the step it was asked in
+    assert animator.generate("a red circle", **TINY).latents.equal(before)
+
+
+# ---- the queue ---------------------------------------------------------------------------------------------
+def slow_run(job):
+    """A stand-in generation: 200 steps of 10 ms, reporting each (as Animator.generate's progress does)."""
+    for step in range(1, 201):
+        time.sleep(0.01)
+        job.report(step, 200)
+    return "ok"
+
+
+def test_queue_is_bounded_and_says_queue_full():
+    queue = JobQueue(slow_run, max_queue=2)
+    try:
+        first = queue.submit("a")
+        while first.state != "running":
+            time.sleep(0.005)
+        waiting = [queue.submit("b"), queue.submit("c")]
+        with pytest.raises(QueueFull, match="queue full: 2 jobs are waiting"):
+            queue.submit("d")
+        assert [queue.position(j) for j in waiting] == [1, 2] and queue.position(first) == 0
+    finally:
+        queue.close()
+
+
+def test_cancel_drops_a_waiting_job_and_stops_a_running_one_within_a_step():
+    queue = JobQueue(slow_run, max_queue=4)
+    try:
+        running, waiting = queue.submit("a"), queue.submit("b")
+        while running.step < 5:
+            time.sleep(0.005)
+        assert queue.cancel(waiting.id) and waiting.state == CANCELLED and queue.position(waiting) == 0
+        asked_at = running.step
+        assert queue.cancel(running.id)
+        assert running.done.wait(5) and running.state == CANCELLED
+        assert running.step <= asked_at + 2  # the step under way when asked, then the check after it
+        later = queue.submit("c")  # the worker goes on
+        assert later.done.wait(10) and later.state == DONE and later.result == "ok"
+    finally:
+        queue.close()
+
+
+def test_a_failing_job_does_not_stop_the_worker_and_old_jobs_are_forgotten():
+    def run(job):
+        if job.payload == "bad":
+            raise UserInputError("must be at least 1", field="num_frames", value=0)
+        return job.payload
+
+    queue = JobQueue(run, max_queue=8, keep=3)
+    try:
+        bad = queue.submit("bad")
+        assert bad.done.wait(5) and bad.state == FAILED and bad.error == "num_frames 0: must be at least 1"
+        for i in range(10):
+            job = queue.submit(i)
+            assert job.done.wait(5) and job.state == DONE and job.result == i
+        queue.submit("last").done.wait(5)
+        assert queue.stats()["kept"] <= 4  # bounded however many jobs ran
+    finally:
+        queue.close()
+
+
+# ---- safety --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["../../etc/passwd", "/etc/passwd", "C:\\models\\x.safetensors", "a/../../b"])
+def test_pickers_refuse_paths_and_log_them(value, caplog):
+    with caplog.at_level(logging.WARNING, logger="animatediff.ui.safety"):
+        with pytest.raises(UserInputError, match="path traversal refused") as e:
+            pick(value, {"base (bundled)": "/x/base"}, "model")
+    assert e.value.field == "model" and repr(value) in caplog.text
+    with pytest.raises(UserInputError, match="not in the list"):
+        pick("other", {"base (bundled)": "/x/base"}, "model")
+    assert pick("base (bundled)", {"base (bundled)": "/x/base"}, "model") == "/x/base"
+
+
+def test_names_inside_a_folder_cannot_escape_it(tmp_path, caplog):
+    root = tmp_path / "outputs"
+    root.mkdir()
+    (tmp_path / "secret.json").write_text("{}")
+    (root / "link").symlink_to(tmp_path / "secret.json")
+    assert inside("clip.gif", root, "history") == root / "clip.gif"
+    for name in ("../secret.json", str(tmp_path / "secret.json"), "link", "a/../../secret.json"):
+        with caplog.at_level(logging.WARNING, logger="animatediff.ui.safety"):
+            with pytest.raises(UserInputError, match="path traversal refused"):
+                inside(name, root, "history")
+        assert repr(name) in caplog.text
+
+
+def test_uploads_are_checked_for_place_type_content_and_size(tmp_path):
+    uploads = tmp_path / "gradio"
+    uploads.mkdir()
+    gif = uploads / "in.gif"
+    gif.write_bytes(b"GIF89a" + bytes(100))
+    assert check_upload(str(gif), "video", (".gif",), [uploads], max_bytes=1000) == str(gif.resolve())
+    big = uploads / "big.gif"
+    big.write_bytes(b"GIF89a" + bytes(2000))
+    with pytest.raises(UserInputError, match="over the .* MiB limit"):
+        check_upload(str(big), "video", (".gif",), [uploads], max_bytes=1000)
+    fake = uploads / "fake.gif"
+    fake.write_bytes(b"#!/bin/sh\n")
+    with pytest.raises(UserInputError, match="content is not GIF"):
+        check_upload(str(fake), "video", (".gif",), [uploads])
+    script = uploads / "x.sh"
+    script.write_bytes(b"#!/bin/sh\n")
+    with pytest.raises(UserInputError, match="file type .sh not accepted"):
+        check_upload(str(script), "video", (".gif",), [uploads])
+    elsewhere = tmp_path / "elsewhere.gif"
+    elsewhere.write_bytes(b"GIF89a")
+    for path in (str(elsewhere), str(uploads / ".." / "elsewhere.gif")):
+        with pytest.raises(UserInputError, match="not an uploaded file"):
+            check_upload(path, "video", (".gif",), [uploads])
+
+
+def test_ui_options_are_checked_with_their_flags(capsys):
+    from animatediff.cli import main
+
+    assert main(["ui", "--max-queue", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --max-queue 0: must be at least 1"
+    assert main(["ui", "--port", "70000"]) == 2
+    assert "error: --port 70000" in capsys.readouterr().err
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+
+
+# ---- the studio (no server) -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    from animatediff.ui import make_studio
+
+    root = tmp_path_factory.mktemp("ui")
+    uploads = root / "uploads"
+    uploads.mkdir()
+    studio = make_studio(None, root / "outputs", device="cpu", max_queue=2, max_upload_bytes=4096)
+    studio.upload_roots = [uploads]
+    yield studio
+    studio.close()
+
+
+@needs_bundle
+def test_a_bad_field_is_one_line_naming_the_widget(studio):
+    from animatediff.ui.studio import describe
+
+    for changes, line in [({"width": 65}, "error: Width 65: must be a positive multiple of 8"),
+                          ({"num_frames": 2.5}, "error: Frames 2.5: must be a whole number"),
+                          ({"motion_scale": "1, x"}, "error: Motion scale 1, x: expected a number or comma-separated "
+                                                     "numbers, one per frame")]:
+        with pytest.raises(UserInputError) as e:
+            studio.submit_form(form_values(**changes))
+        assert describe(e.value) == line
+    with pytest.raises(UserInputError) as e:
+        studio.submit_api("x", {"video": "/etc/passwd"})
+    assert "paths are never opened" in describe(e.value)
+    with pytest.raises(UserInputError, match="path traversal refused"):
+        studio.submit_form(form_values(model="../../../etc"))
+    with pytest.raises(UserInputError, match="over the 0.00390625 MiB limit"):
+        big = studio.upload_roots[0] / "big.gif"
+        big.write_bytes(b"GIF89a" + bytes(8000))
+        studio.submit_form(form_values(video=str(big)))
+
+
+@needs_bundle
+def test_results_get_unique_names_and_sidecars_that_refill_the_form(studio):
+    jobs = [studio.submit_form(form_values(prompt="a blue square", num_frames=4, steps=2, seed=7)) for _ in range(2)]
+    assert all(j.done.wait(60) and j.state == DONE for j in jobs), [j.error for j in jobs]
+    paths = [j.result.path for j in jobs]
+    assert paths[0] != paths[1] and all(p.is_file() and Path(f"{p}.json").is_file() for p in paths)
+    assert set(studio.outputs.history()) >= set(paths)
+    values, notes = studio.settings_of(paths[0].name)
+    assert (values["prompt"], values["num_frames"], values["steps"], values["seed"]) == ("a blue square", 4, 2, 7)
+    assert values["model"] == "base (bundled)" and values["motion_module"] == "demo (bundled)" and not notes
+    with pytest.raises(UserInputError, match="path traversal refused"):
+        studio.settings_of("../" + paths[0].name)
+
+
+# ---- the server, over loopback with gradio_client --------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("gradio", reason="the [ui] extra (Gradio) is not installed")
+    from animatediff.ui import make_studio
+    from animatediff.ui.app import launch
+
+    studio = make_studio(None, tmp_path_factory.mktemp("served"), device="cpu", max_queue=1, max_upload_bytes=2048)
+    demo = launch(studio, port=free_port(), max_upload_bytes=2048, block=False)
+    yield studio, demo.local_url
+    demo.close()
+    studio.close()
+
+
+@needs_bundle
+def test_the_server_generates_and_answers_bad_fields_in_one_line(server):
+    from gradio_client import Client
+
+    studio, url = server
+    client = Client(url, verbose=False)
+    clip, info = client.predict("a red circle", TINY, api_name="/generate")
+    assert Path(clip).read_bytes()[:4] == b"GIF8" and info["state"] == "done" and info["seed"] == 1
+    assert info["name"] in client.predict(api_name="/history")
+    with pytest.raises(Exception) as e:
+        client.predict("a red circle", {"width": 65}, api_name="/generate")
+    assert str(e.value) == "error: Width 65: must be a positive multiple of 8"
+    with pytest.raises(Exception) as e:
+        client.predict("a red circle", {"model": "../../etc/passwd"}, api_name="/generate")
+    assert "path traversal refused" in str(e.value) and "Traceback" not in str(e.value)
+
+
+@needs_bundle
+def test_the_server_refuses_an_oversize_upload(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    _, url = server
+    big = tmp_path / "big.gif"
+    big.write_bytes(b"GIF89a" + bytes(10_000))
+    names = [w.name for w in widgets()]
+    values = form_values(**TINY)
+    values[names.index("video")] = handle_file(str(big))
+    with pytest.raises(Exception, match="(?i)size|large|limit"):
+        Client(url, verbose=False).predict(*values, api_name="/generate_form")
+
+
+@needs_bundle
+def test_cancel_over_http_stops_the_job_and_a_full_queue_says_so(server):
+    from gradio_client import Client
+
+    studio, url = server
+    client = Client(url, verbose=False)
+    long = client.submit("a red circle", {"num_frames": 16, "steps": 900, "seed": 1}, api_name="/generate")
+    deadline = time.monotonic() + 60
+    while not (studio.queue.stats()["running"] and any(j.step for j in studio.queue._jobs.values() if j.state == "running")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    waiting = client.submit("a red circle", TINY, api_name="/generate")  # max_queue 1: this one waits
+    while studio.queue.stats()["waiting"] < 1:
+        time.sleep(0.02)
+    with pytest.raises(Exception, match="queue full"):
+        Client(url, verbose=False).predict("a red circle", TINY, api_name="/generate")
+    assert client.predict(api_name="/cancel") == "cancelling..."  # this session's jobs: both
+    with pytest.raises(Exception, match="cancelled"):
+        long.result(timeout=30)
+    with pytest.raises(Exception, match="cancelled before it started"):
+        waiting.result(timeout=30)
+    clip, info = client.predict("a red circle", TINY, api_name="/generate")  # still serving
+    assert info["state"] == "done"
