@@ -36,6 +36,8 @@ def form_values(**changes) -> list:
     for w in widgets():
         if w.kind.startswith("picker:") and w.name not in ("model", "motion_module"):
             values[w.name] = NONE
+        if w.kind == "table":  # a Dataframe's value over HTTP
+            values[w.name] = {"headers": list(w.choices), "data": w.default}
     values.update(changes)
     return [values[w.name] for w in widgets()]
 
@@ -250,6 +252,8 @@ def test_the_server_generates_and_answers_bad_fields_in_one_line(server):
     clip, info = client.predict("a red circle", TINY, api_name="/generate")
     assert Path(clip).read_bytes()[:4] == b"GIF8" and info["state"] == "done" and info["seed"] == 1
     assert info["name"] in client.predict(api_name="/history")
+    status = client.predict(*form_values(**TINY), api_name="/generate_form")[0]  # what the page sends
+    assert status.startswith("job ") and ": done in " in status and "seed 1:" in status
     with pytest.raises(Exception) as e:
         client.predict("a red circle", {"width": 65}, api_name="/generate")
     assert str(e.value) == "error: Width 65: must be a positive multiple of 8"
@@ -295,3 +299,17 @@ def test_cancel_over_http_stops_the_job_and_a_full_queue_says_so(server):
         waiting.result(timeout=30)
     clip, info = client.predict("a red circle", TINY, api_name="/generate")  # still serving
     assert info["state"] == "done"
+
+
+# ---- load: benchmarks/load_ui.py (a server subprocess, 20 requests at once) ------------------------------
+@needs_bundle
+def test_twenty_requests_at_once_each_complete_or_get_queue_full():
+    pytest.importorskip("gradio", reason="the [ui] extra (Gradio) is not installed")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("load_ui", Path(__file__).parents[1] / "benchmarks" / "load_ui.py")
+    load_ui = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_ui)
+    summary = load_ui.run(requests=20, max_queue=4)
+    assert summary["ok"], summary
+    assert summary["completed"] + summary["queue_full"] == 20

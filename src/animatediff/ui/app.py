@@ -26,7 +26,7 @@ from .studio import Studio, describe  # noqa: E402
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
-CSS = "#status textarea {font-family: monospace}"
+CSS = "#status textarea {font-family: monospace} #preview img {min-height: 256px; object-fit: contain; image-rendering: pixelated}"
 _MOTION_PRESETS = {"lightning": "lightning", "animatelcm": "animatelcm", "sdxl-beta": "sdxl-beta"}  # module version -> preset
 
 
@@ -137,7 +137,7 @@ def build(studio: Studio) -> gr.Blocks:
             shown = [(str(studio.outputs.preview(p)), p.name) for p in items if p.suffix != ".mp4"]
             return gr.update(value=shown), gr.update(choices=names, value=names[0] if names else None)
 
-        def generate_form(*values, request: gr.Request):
+        def generate_form(request: gr.Request, *values):
             try:
                 job = studio.submit_form(list(values), owner=_owner(request))
             except (UserInputError, QueueFull) as e:
