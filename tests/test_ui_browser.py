@@ -48,6 +48,7 @@ def page(tmp_path_factory):
     options.binary_location = CHROMIUM
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
         options.add_argument(flag)
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a driver or browser
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,7 @@ class Page:
             if predicate(text):
                 return seen
             time.sleep(every)
+        self.shot("status-timeout")
         raise AssertionError(f"status never matched; saw {seen}")
 
     def shot(self, name: str) -> Path:
@@ -122,7 +124,7 @@ def test_generate_see_progress_cancel_and_reload_settings(page):
     page.type("#w-width input", 64)
 
     # generate: progress with an ETA appears, then the animation
-    page.type("#w-prompt textarea", "a yellow circle on a dark background")
+    page.type("#w-prompt textarea", "a yellow star moving left on a purple checkered background")
     page.type("#w-num_frames input", 8)
     page.type("#w-steps input", 40)
     page.type("#w-seed input", 42)
@@ -149,6 +151,6 @@ def test_generate_see_progress_cancel_and_reload_settings(page):
     assert page.value("#past input").endswith(".gif")  # the history lists the new result first
     page.click("#load-settings")
     page.wait_status(lambda t: t.startswith("settings of"), timeout=30)
-    assert page.value("#w-prompt textarea") == "a yellow circle on a dark background"
+    assert page.value("#w-prompt textarea") == "a yellow star moving left on a purple checkered background"
     assert page.value("#w-steps input") == "40" and page.value("#w-seed input") == "42"
     page.shot("page-after-reload-settings")

@@ -228,7 +228,7 @@ def build(studio: Studio) -> gr.Blocks:
                 steps = 10  # the bundled family is trained for few DDIM steps
             return d.steps if steps is None else steps, d.guidance_scale, SCHEDULER_DEFAULT
 
-        comps["scheduler_preset"].change(preset_changed, [comps["scheduler_preset"], comps["model"], comps["motion_module"]],
+        comps["scheduler_preset"].input(preset_changed, [comps["scheduler_preset"], comps["model"], comps["motion_module"]],
                                          [comps["steps"], comps["guidance_scale"], comps["scheduler"]], queue=False)
 
         def model_changed(model_label):
@@ -246,7 +246,7 @@ def build(studio: Studio) -> gr.Blocks:
             return [*updates, side, side]
 
         pickers = [comps[w.name] for w in widgets() if w.kind.startswith("picker:") and w.name != "model"]
-        comps["model"].change(model_changed, comps["model"], [*pickers, comps["width"], comps["height"]], queue=False)
+        comps["model"].input(model_changed, comps["model"], [*pickers, comps["width"], comps["height"]], queue=False)
 
         def refreshed(model_label):
             catalog.refresh()
