@@ -179,6 +179,45 @@ def test_ui_options_are_checked_with_their_flags(capsys):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
 
 
+# ---- the form and the model lists ------------------------------------------------------------------------
+def test_form_values_become_api_fields():
+    from animatediff.ui.form import request_from, windows_text
+
+    r = request_from(form_values(prompt_map={"headers": ["frame", "prompt"], "data": [[0, "a red circle"], [8.0, "a blue square"],
+                                                                                     ["", ""]]},
+                                 lora_1="personal-lora (bundled)", lora_1_scale=0.5, motion_scale="1, 0.5", seed=-1,
+                                 context="static", context_length=8, context_overlap=-1, freeinit_iterations=0))
+    assert r.settings["prompt_map"] == {0: "a red circle", 8: "a blue square"} and r.loras == [("personal-lora (bundled)", 0.5)]
+    assert r.settings["motion_scale"] == [1.0, 0.5] and "seed" not in r.settings  # -1: random
+    assert r.settings["context"] == "static" and r.settings["context_length"] == 8
+    assert "context_overlap" not in r.settings and "freeinit_iterations" not in r.settings  # the defaults
+    picture = windows_text(32, "static", 16, 4, False)
+    assert "3 windows of 16 frames" in picture and "0-15" in picture
+    assert windows_text(16, "auto", 0, -1, False) == "16 frames in one pass (no windows)"
+
+
+def test_models_dir_is_listed_by_kind_and_a_module_for_another_base_is_refused(tmp_path, caplog):
+    import fixtures
+    from animatediff.ui.models import Catalog
+
+    fixtures.save(fixtures.official_motion_state_dict("sdxl-beta"), tmp_path / "mm_sdxl_v10_beta.safetensors")
+    (tmp_path / "sub").mkdir()
+    fixtures.save(fixtures.official_motion_state_dict("v2"), tmp_path / "sub" / "mm_sd_v15_v2.ckpt")
+    (tmp_path / "notes.txt").write_text("not a model")
+    catalog = Catalog(tmp_path, include_bundled=True)
+    labels = list(catalog.entries["motion_module"])
+    assert "mm_sdxl_v10_beta.safetensors [motion-module sdxl-beta, SDXL]" in labels
+    assert "sub/mm_sd_v15_v2.ckpt [motion-module v2, SD1.5]" in labels
+    if bundled.is_available():
+        assert catalog.labels("motion_module", "base (bundled)") == ["demo (bundled)"]  # the others do not fit it
+        with pytest.raises(UserInputError, match="is for SDXL; base \\(bundled\\) is SD1.5"):
+            catalog.resolve("motion_module", "mm_sdxl_v10_beta.safetensors [motion-module sdxl-beta, SDXL]",
+                            catalog.entries["model"]["base (bundled)"])
+        with pytest.raises(UserInputError, match="built for UNet channels"):  # SD1.5 too, but not the demo's widths
+            catalog.resolve("motion_module", "sub/mm_sd_v15_v2.ckpt [motion-module v2, SD1.5]",
+                            catalog.entries["model"]["base (bundled)"])
+
+
 # ---- the studio (no server) -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):

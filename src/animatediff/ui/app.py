@@ -18,9 +18,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from ..errors import UserInputError  # noqa: E402
-from ..sampling.context import windows  # noqa: E402
 from ..sampling.schedulers import sampling_defaults  # noqa: E402
-from .form import CONTEXT_AUTO, LONG, MAIN, NONE, PRESET_DEFAULT, SCHEDULER_DEFAULT, UNITS, Widget, table_rows, widgets  # noqa: E402
+from .form import CONTEXT_AUTO, LONG, MAIN, NONE, PRESET_DEFAULT, SCHEDULER_DEFAULT, UNITS, Widget, widgets, windows_text  # noqa: E402
 from .jobs import CANCELLED, DONE, QueueFull  # noqa: E402
 from .studio import Studio, describe  # noqa: E402
 
@@ -73,28 +72,6 @@ def _place(unit_widgets, comps: dict, studio: Studio) -> None:
         else:
             comps[w.name] = _make(w, studio)
         i += len(group)
-
-
-def windows_text(num_frames, context, length, overlap, closed_loop) -> str:
-    """A small picture of the first step's context windows (``0-15 ▕████░░░░▏``) for the long-video tab."""
-    try:
-        n = int(num_frames or 0)
-        length = int(length or 0) or 16
-        overlap = length // 4 if overlap in (None, -1) else int(overlap)
-        schedule = {CONTEXT_AUTO: "uniform", "none": None}.get(context, context)
-        if schedule is None or n <= length:
-            return f"{n} frames in one pass (no windows)"
-        found = windows(n, 0, length, overlap, schedule, closed_loop=bool(closed_loop and schedule == "looped"))
-    except (TypeError, ValueError) as e:
-        return f"(no picture: {e})"
-    scale = max(1, -(-n // 64))  # one character per `scale` frames, at most 64 wide
-    lines = [f"{len(found)} windows of {length} frames (overlap {overlap}), first step:"]
-    for w in found[:12]:
-        bar = "".join("█" if any(f // scale == c for f in w) else "·" for c in range(-(-n // scale)))
-        lines.append(f"{w[0]:>4}-{w[-1]:<4} {bar}")
-    if len(found) > 12:
-        lines.append(f"... {len(found) - 12} more")
-    return "```\n" + "\n".join(lines) + "\n```"
 
 
 def build(studio: Studio) -> gr.Blocks:

@@ -9,13 +9,12 @@ data and functions, tested without a browser.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import UserInputError
-from ..sampling.context import FUSE_METHODS, SCHEDULES
+from ..sampling.context import FUSE_METHODS, SCHEDULES, windows
 from ..sampling.freeinit import FILTERS
 from ..sampling.freenoise import NOISE_TYPES, VIEW_SCHEDULES
 from ..sampling.schedulers import SCHEDULER_PRESETS, SCHEDULERS
@@ -375,5 +374,23 @@ def values_from_sidecar(sidecar: dict) -> dict:
     return values
 
 
-def settings_json(request: Request) -> str:
-    return json.dumps({"prompt": request.prompt, **request.settings}, default=str)
+def windows_text(num_frames, context, length, overlap, closed_loop) -> str:
+    """A small picture of the first step's context windows (``0-15 ▕████░░░░▏``) for the long-video tab."""
+    try:
+        n = int(num_frames or 0)
+        length = int(length or 0) or 16
+        overlap = length // 4 if overlap in (None, -1) else int(overlap)
+        schedule = {CONTEXT_AUTO: "uniform", "none": None}.get(context, context)
+        if schedule is None or n <= length:
+            return f"{n} frames in one pass (no windows)"
+        found = windows(n, 0, length, overlap, schedule, closed_loop=bool(closed_loop and schedule == "looped"))
+    except (TypeError, ValueError) as e:
+        return f"(no picture: {e})"
+    scale = max(1, -(-n // 64))  # one character per `scale` frames, at most 64 wide
+    lines = [f"{len(found)} windows of {length} frames (overlap {overlap}), first step:"]
+    for w in found[:12]:
+        bar = "".join("█" if any(f // scale == c for f in w) else "·" for c in range(-(-n // scale)))
+        lines.append(f"{w[0]:>4}-{w[-1]:<4} {bar}")
+    if len(found) > 12:
+        lines.append(f"... {len(found) - 12} more")
+    return "```\n" + "\n".join(lines) + "\n```"
