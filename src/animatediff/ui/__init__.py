@@ -93,7 +93,12 @@ def make_studio(models_dir=None, outputs="outputs/ui", device: str = "cpu", max_
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Studio(Catalog(models_dir), Outputs(outputs), device=device, max_queue=max_queue,
+    dtype = None
+    if device.startswith("cuda"):  # as the CLI's --dtype auto
+        import torch
+
+        dtype = torch.float16
+    return Studio(Catalog(models_dir), Outputs(outputs), device=device, dtype=dtype, max_queue=max_queue,
                   upload_roots=[_upload_folder()], max_upload_bytes=max_upload_bytes or MAX_UPLOAD_BYTES)
 
 

@@ -45,7 +45,8 @@ class Job:
     total: int = 0
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
-    first_step_at: float | None = None  # steps are timed from the first one (the model load is not a step)
+    first_step_at: float | None = None  # steps are timed from the end of the first one: the model load and the
+    first_step: int = 0  # text encoding before it are not steps
     finished: float | None = None
     result: Any = None
     error: str | None = None  # one line for the user (UserInputError rendered by the caller's table)
@@ -55,18 +56,17 @@ class Job:
 
     def report(self, step: int, total: int) -> None:
         """``progress(step, total)`` for ``Animator.generate``: records the step; raises ``Cancelled`` on request."""
-        now = time.monotonic()
         if self.first_step_at is None:
-            self.first_step_at = self.started or now
+            self.first_step_at, self.first_step = time.monotonic(), step
         self.step, self.total = step, total
         if self.cancel_requested.is_set():
             raise Cancelled(f"job {self.id} cancelled after step {step} of {total}")
 
     def eta(self) -> float | None:
         """Seconds left, from the mean time per step so far (None before the first step)."""
-        if not self.step or self.first_step_at is None or not self.total:
+        if self.first_step_at is None or self.step <= self.first_step or not self.total:
             return None
-        per_step = (time.monotonic() - self.first_step_at) / self.step
+        per_step = (time.monotonic() - self.first_step_at) / (self.step - self.first_step)
         return per_step * (self.total - self.step)
 
 

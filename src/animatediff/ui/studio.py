@@ -19,7 +19,7 @@ from .form import FIELD_LABELS, NONE, Request, request_from, values_from_sidecar
 from .jobs import CANCELLED, DONE, FAILED, RUNNING, WAITING, Job, JobQueue, QueueFull
 from .models import Catalog, ModelCache
 from .outputs import FORMATS, Outputs
-from .safety import IMAGE_TYPES, MAX_UPLOAD_BYTES, VIDEO_TYPES, check_upload, looks_like_path, refuse
+from .safety import IMAGE_TYPES, MAX_UPLOAD_BYTES, VIDEO_TYPES, check_upload, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,8 @@ class Studio:
         if not isinstance(prompt, str):
             raise UserInputError("must be text", field="prompt", value=prompt)
         for key, value in settings.items():
-            if key in _FILE_FIELDS:
-                if isinstance(value, str) and looks_like_path(value) or value:
-                    raise refuse("file inputs come only through the page's uploads (paths are never opened)", key, value)
+            if key in _FILE_FIELDS and value not in (None, "", [], {}):
+                raise refuse("file inputs come only through the page's uploads (paths are never opened)", key, value)
             elif key not in _CONFIG_FIELDS and key not in _API_KEYS:
                 raise UserInputError("unknown setting", field=key, value=value)
         request = Request(prompt=prompt, model=settings.pop("model", None), motion_module=settings.pop("motion_module", None),
