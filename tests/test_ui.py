@@ -180,6 +180,19 @@ def test_ui_options_are_checked_with_their_flags(capsys):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
 
 
+def test_a_host_other_than_loopback_is_warned_about(monkeypatch, caplog, capsys):
+    import animatediff.ui as ui
+    from animatediff.cli import main
+
+    def stop(*args, **kwargs):  # the warning comes before anything starts; stop there
+        raise UserInputError("stopped by the test")
+
+    monkeypatch.setattr(ui, "make_studio", stop)
+    with caplog.at_level(logging.WARNING):
+        assert main(["ui", "--host", "0.0.0.0"]) == 2
+    assert "reachable from other machines" in caplog.text and "stopped by the test" in capsys.readouterr().err
+
+
 # ---- the form and the model lists ------------------------------------------------------------------------
 def test_form_values_become_api_fields():
     from animatediff.ui.form import request_from, windows_text
@@ -300,6 +313,9 @@ def test_the_server_generates_and_answers_bad_fields_in_one_line(server):
     with pytest.raises(Exception) as e:
         client.predict("a red circle", {"model": "../../etc/passwd"}, api_name="/generate")
     assert "path traversal refused" in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(Exception) as e:  # a past result named by a path
+        client.predict("../../../etc/passwd", api_name="/load_settings")
+    assert "Traceback" not in str(e.value)
 
 
 @needs_bundle

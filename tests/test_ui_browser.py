@@ -6,6 +6,7 @@ Screenshots go to ``test-artifacts/ui/`` (``ANIMATEDIFF_TEST_ARTIFACTS`` elsewhe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -46,6 +47,7 @@ def page(tmp_path_factory):
     demo = launch(studio, port=port, block=False)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
         options.add_argument(flag)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a driver or browser
@@ -154,3 +156,12 @@ def test_generate_see_progress_cancel_and_reload_settings(page):
     assert page.value("#w-prompt textarea") == "a yellow star moving left on a purple checkered background"
     assert page.value("#w-steps input") == "40" and page.value("#w-seed input") == "42"
     page.shot("page-after-reload-settings")
+
+    # nothing the page loaded came from anywhere but this server (fonts, scripts, analytics included)
+    host = page.driver.current_url.split("/")[2]
+    requested = {json.loads(e["message"])["message"].get("params", {}).get("request", {}).get("url", "")
+                 for e in page.driver.get_log("performance")}
+    network = {u for u in requested if u.startswith(("http:", "https:", "ws:", "wss:"))}  # not chrome://, data:, blob:
+    outside = sorted(u for u in network if not u.startswith((f"http://{host}/", f"ws://{host}/")))
+    assert not outside, outside
+    assert any(u.startswith(f"http://{host}/") for u in network)  # the log did record the page's own requests
