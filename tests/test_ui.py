@@ -210,6 +210,16 @@ def test_form_values_become_api_fields():
     assert windows_text(16, "auto", 0, -1, False) == "16 frames in one pass (no windows)"
 
 
+
+def test_choosing_a_preset_sets_steps_guidance_and_scheduler_together():
+    from animatediff.ui.form import SCHEDULER_DEFAULT, preset_values
+
+    assert preset_values("lightning", "v3", False) == (4, 1.0, SCHEDULER_DEFAULT)
+    assert preset_values("animatelcm", None, False) == (6, 1.5, SCHEDULER_DEFAULT)
+    assert preset_values("(motion module's)", "lightning", False) == (4, 1.0, SCHEDULER_DEFAULT)
+    assert preset_values("(motion module's)", "v3", True) == (10, 7.5, SCHEDULER_DEFAULT)
+
+
 def test_models_dir_is_listed_by_kind_and_a_module_for_another_base_is_refused(tmp_path, caplog):
     import fixtures
     from animatediff.ui.models import Catalog
@@ -282,10 +292,40 @@ def test_results_get_unique_names_and_sidecars_that_refill_the_form(studio):
         studio.settings_of("../" + paths[0].name)
 
 
+@needs_bundle
+def test_every_output_format_can_be_downloaded_and_reloaded(studio):
+    import zipfile
+
+    for fmt, check in [("mp4", lambda p: p.read_bytes()[4:8] == b"ftyp"), ("webp", lambda p: p.read_bytes()[:4] == b"RIFF"),
+                       ("png frames", lambda p: p.is_dir() and len(list(p.glob("frame_*.png"))) == 4)]:
+        job = studio.submit_api("a red circle", {**TINY, "format": fmt, "fps": 12})
+        assert job.done.wait(60) and job.state == DONE, job.error
+        path = job.result.path
+        assert check(path), fmt
+        downloads = studio.outputs.downloads(path)
+        if fmt == "png frames":
+            assert zipfile.ZipFile(downloads[0]).namelist()[0].startswith(path.name + "/frame_0000.png")
+        else:
+            assert downloads == [str(path), f"{path}.json"]
+        assert studio.settings_of(path.name)[0]["fps"] == 12
+
+
 # ---- the server, over loopback with gradio_client --------------------------------------------------------
+CONNECTS: list = []  # every socket.connect address in this process while the server fixture is up
+
+
+def _audit(event: str, args) -> None:
+    if event == "socket.connect" and CONNECTS and CONNECTS[0] == "recording":
+        CONNECTS.append(args[1])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("gradio", reason="the [ui] extra (Gradio) is not installed")
+    import sys
+
+    sys.addaudithook(_audit)  # (an audit hook cannot be removed; it records only while CONNECTS is "recording")
+    CONNECTS[:] = ["recording"]
     from animatediff.ui import make_studio
     from animatediff.ui.app import launch
 
@@ -294,6 +334,16 @@ def server(tmp_path_factory):
     yield studio, demo.local_url
     demo.close()
     studio.close()
+    CONNECTS[0] = "stopped"
+
+
+def test_the_server_connects_to_nothing_but_loopback(server):
+    from gradio_client import Client
+
+    _, url = server
+    Client(url, verbose=False).predict(api_name="/history")
+    hosts = {a[0] for a in CONNECTS[1:] if isinstance(a, tuple)}
+    assert hosts and hosts <= {"127.0.0.1", "localhost", "::1"}, hosts
 
 
 @needs_bundle

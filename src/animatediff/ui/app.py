@@ -18,15 +18,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from ..errors import UserInputError  # noqa: E402
-from ..sampling.schedulers import sampling_defaults  # noqa: E402
-from .form import CONTEXT_AUTO, LONG, MAIN, NONE, PRESET_DEFAULT, SCHEDULER_DEFAULT, UNITS, Widget, widgets, windows_text  # noqa: E402
+from .form import CONTEXT_AUTO, LONG, MAIN, NONE, PRESET_DEFAULT, SCHEDULER_DEFAULT, UNITS, Widget, preset_values, widgets, windows_text  # noqa: E402
 from .jobs import CANCELLED, DONE, QueueFull  # noqa: E402
 from .studio import Studio, describe  # noqa: E402
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 CSS = "#status textarea {font-family: monospace} #preview img {min-height: 256px; object-fit: contain; image-rendering: pixelated}"
-_MOTION_PRESETS = {"lightning": "lightning", "animatelcm": "animatelcm", "sdxl-beta": "sdxl-beta"}  # module version -> preset
 
 
 def _make(w: Widget, studio: Studio):
@@ -196,14 +194,9 @@ def build(studio: Studio) -> gr.Blocks:
         dice.click(lambda: random.randrange(2**32), None, comps["seed"], queue=False)
 
         def preset_changed(preset, model_label, motion_label):
-            if preset == PRESET_DEFAULT:
-                entry = catalog.entries["motion_module"].get(motion_label)
-                preset = _MOTION_PRESETS.get(entry.version if entry else None, "animatediff")
-            d = sampling_defaults(preset)
-            steps = d.steps
-            if preset == "animatediff" and catalog.entries["model"].get(model_label) and catalog.entries["model"][model_label].bundled:
-                steps = 10  # the bundled family is trained for few DDIM steps
-            return d.steps if steps is None else steps, d.guidance_scale, SCHEDULER_DEFAULT
+            motion = catalog.entries["motion_module"].get(motion_label)
+            model = catalog.entries["model"].get(model_label)
+            return preset_values(preset, motion.version if motion else None, bool(model and model.bundled))
 
         comps["scheduler_preset"].input(preset_changed, [comps["scheduler_preset"], comps["model"], comps["motion_module"]],
                                          [comps["steps"], comps["guidance_scale"], comps["scheduler"]], queue=False)

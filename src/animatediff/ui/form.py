@@ -17,7 +17,7 @@ from ..errors import UserInputError
 from ..sampling.context import FUSE_METHODS, SCHEDULES, windows
 from ..sampling.freeinit import FILTERS
 from ..sampling.freenoise import NOISE_TYPES, VIEW_SCHEDULES
-from ..sampling.schedulers import SCHEDULER_PRESETS, SCHEDULERS
+from ..sampling.schedulers import SCHEDULER_PRESETS, SCHEDULERS, sampling_defaults
 from .outputs import FORMATS
 
 PRESET_DEFAULT = "(motion module's)"
@@ -394,3 +394,16 @@ def windows_text(num_frames, context, length, overlap, closed_loop) -> str:
     if len(found) > 12:
         lines.append(f"... {len(found) - 12} more")
     return "```\n" + "\n".join(lines) + "\n```"
+
+
+MOTION_PRESETS = {"lightning": "lightning", "animatelcm": "animatelcm", "sdxl-beta": "sdxl-beta"}  # module version -> preset
+
+
+def preset_values(preset: str, motion_version: str | None, bundled: bool) -> tuple[int, float, str]:
+    """Steps, guidance and scheduler set together when the preset changes (Lightning: 4 steps, CFG 1, Euler;
+    AnimateLCM: 6, 1.5, LCM); the default preset is the motion module's. The scheduler shows "the preset's"."""
+    if preset == PRESET_DEFAULT:
+        preset = MOTION_PRESETS.get(motion_version, "animatediff")
+    defaults = sampling_defaults(preset)
+    steps = 10 if preset == "animatediff" and bundled else defaults.steps  # the bundled family: few DDIM steps
+    return steps, defaults.guidance_scale, SCHEDULER_DEFAULT
