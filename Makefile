@@ -3,11 +3,11 @@ PY ?= python3
 PIP := $(PY) -m pip
 DEMO := outputs/demo
 
-.PHONY: install demo demo-model reproduce long-video-report test test-slow bench
+.PHONY: install demo demo-model reproduce long-video-report ui test test-slow bench
 
 install:
 	$(PIP) install -q torch==2.13.0            # the CPU wheel; must come before anything that depends on torch
-	$(PIP) install -q -e ".[test,demo]"       # demo: OpenCV + matplotlib for the demo world, eval and the report
+	$(PIP) install -q -e ".[test,demo,ui]"    # demo: OpenCV + matplotlib for the demo world, eval and the report; ui: Gradio
 
 demo: install  # the bundled demo model (src/animatediff/data/demo): no model flags needed
 	$(PY) -m animatediff generate "a red circle bouncing on a blue striped background" --seed 42 --out $(DEMO)/demo.gif
@@ -20,6 +20,9 @@ reproduce: install  # regenerate docs/reproduction.md on the bundled family (abo
 
 long-video-report: install  # regenerate docs/long-video.md: 64-frame clips per long-video option (about 10 min on 2 CPU cores)
 	$(PY) -m animatediff.demo.long_video
+
+ui: install  # the web UI on http://127.0.0.1:7860 with the bundled demo model
+	$(PY) -m animatediff ui
 
 test: install
 	$(PY) -m pytest -q

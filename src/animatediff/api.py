@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
+# ---- cancelling a generation (the web UI's cancel button; issue 14) ----
+class Cancelled(Exception):
+    """Raised by a ``progress(step, total)`` callback to stop a generation after the step that just finished.
+
+    Any exception from the callback ends ``Animator.generate`` within one denoising step and propagates; this
+    one says "the user asked", so callers can tell it from a failure. The model is left as it was (LoRAs
+    merged as set), ready for the next generation."""
+
+
 @dataclass
 class LoraSet:
     """The add-on weights merged into the model for the next generations, each ``(path, scale)``."""
@@ -127,6 +136,7 @@ class Animator:
         **settings,
     ) -> GenerationResult:
         """Generate one clip; ``settings`` are ``GenerationConfig`` fields (num_frames, width, seed, ...).
+        ``progress(step, total)`` is called after every denoising step; raising ``Cancelled`` from it stops here.
 
         ControlNets and video-to-video are fields too: ``controlnets=[{"path": ..., "strength": 0.8, "video": ...}]``,
         ``control_preprocess="canny"``, ``guess_mode=True``, ``video="in.mp4", strength=0.6`` (generation/controlnet.py,

@@ -5,6 +5,7 @@
     animatediff inspect FILE...
     animatediff train MODE --config recipe.yaml
     animatediff eval CLIP...
+    animatediff ui [--host 127.0.0.1] [--port 7860] [--models-dir DIR] [--outputs DIR] [--max-queue 8]
 
 Bad input ends with one ``error: ...`` line and exit status 2.
 """
@@ -25,6 +26,7 @@ from .evaluate import add_eval_parser
 from .presets import MOTION_PRESETS
 from .sampling.schedulers import SCHEDULER_PRESETS, SCHEDULERS
 from .training.cli import add_train_parser
+from .ui import add_ui_parser  # the web UI (issue 14); Gradio is imported only by `animatediff ui`
 
 logger = logging.getLogger("animatediff")
 
@@ -318,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsectrl_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_ui_parser(sub)
     return parser
 
 
