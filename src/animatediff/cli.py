@@ -508,9 +508,10 @@ def add_control_args(parser: argparse.ArgumentParser) -> None:
                        help="hint frames for the next --controlnet in order: GIF, MP4, WebP or a PNG folder")
     group.add_argument("--control-image", action=_HintAction, const="image", dest="control_hints", metavar="PATH",
                        help="one hint image for every frame, for the next --controlnet in order")
-    group.add_argument("--preprocess", type=str.lower, choices=["none", "canny"], metavar="NAME",
-                       help="hint preprocessing: none (frames used as given, default) or canny (OpenCV edges; the [demo] "
-                            "extra); pose, depth etc. are yours to make")
+    group.add_argument("--preprocess", type=str.lower, choices=["none", "canny", "scribble", "lineart"], metavar="NAME",
+                       help="hint preprocessing: none (frames used as given, default), canny (edges), scribble (thick "
+                            "strokes of the main contours) or lineart (soft thin lines); OpenCV, the [demo] extra; pose, "
+                            "depth etc. are yours to make")
     group.add_argument("--guess-mode", action="store_true", default=None,
                        help="ControlNets only in the conditional half of guidance (the unconditional half gets no control)")
     group.add_argument("--video", metavar="PATH", help="video-to-video input (GIF, MP4, WebP, PNG folder); --frames "
