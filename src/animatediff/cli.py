@@ -2,6 +2,7 @@
 
     animatediff generate "PROMPT" --model PATH --motion-module PATH [--lora F:S]... [--out clip.gif]
     animatediff generate --config official_prompts.yaml --model PATH
+    [accelerate launch -m] animatediff generate --jobs prompts.txt --out clips   (batch.py: split, resumable)
     animatediff inspect FILE...
     animatediff train MODE --config recipe.yaml
     animatediff eval CLIP...
