@@ -110,7 +110,7 @@ def test_official_prompt_yaml(files, tmp_path):
     out = tmp_path / "samples"
     assert main(["-q", "generate", "--config", str(recipe), "--model-config", files["folder"], "--out", str(out)]) == 0
     written = sorted(p.name for p in out.glob("*.gif"))
-    assert written == ["0-a-red-circle.gif", "1-a-green-star.gif"]
+    assert written == ["0-a-red-circle-seed1.gif", "1-a-green-star-seed2.gif"]
 
 
 def test_inspect_names_each_kind(files, capsys):
@@ -356,7 +356,7 @@ def test_july_2023_prompt_yaml_reads_path_and_base(files, tmp_path):
             "--width", "64", "--height", "64", "--frames", "4", "--out", str(out)]
     assert main(argv) == 0
     clips = sorted(out.glob("*.gif"))
-    assert [p.name for p in clips] == ["0-a-red-circle.gif", "1-a-red-circle.gif", "2-a-green-star.gif"]
+    assert [p.name for p in clips] == ["0-a-red-circle-seed1.gif", "1-a-red-circle-seed1.gif", "2-a-green-star-seed2.gif"]
     meta = [json.loads(sidecar_path(p).read_text()) for p in clips]
     assert [m["files"]["model"]["path"] for m in meta] == [files["ldm"]] * 3  # never the --model fallback
     assert [m["files"]["motion_module"]["path"] for m in meta] == [files["v2"], files["v3"], files["v2"]]

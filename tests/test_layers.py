@@ -15,7 +15,7 @@ ORDER = [  # lowest first; a module may import its own layer and those below
     ["weights", "sampling", "video_io"],  # video_io: readers for generation's input media (it imports only errors)
     ["generation"],
     ["bundled", "recipes"],
-    ["api", "__init__"],
+    ["api", "batch", "__init__"],  # batch: many jobs over api, split across processes
     ["training", "metrics", "evaluate"],
     ["cli", "ui", "__main__"],
     ["demo"],

@@ -2,6 +2,7 @@
 
     animatediff generate "PROMPT" --model PATH --motion-module PATH [--lora F:S]... [--out clip.gif]
     animatediff generate --config official_prompts.yaml --model PATH
+    [accelerate launch -m] animatediff generate --jobs prompts.txt --out clips   (batch.py: split, resumable)
     animatediff inspect FILE...
     animatediff train MODE --config recipe.yaml
     animatediff eval CLIP...
@@ -167,6 +168,7 @@ def _progress_bar(steps: int, label: str):
 
 def run_generate(args: argparse.Namespace) -> int:
     from .generation.config import GenerationConfig
+    from .batch import output_name
     from .recipes import GenerateJob, load_official_recipe, slug
     from .video_io import check_output
 
@@ -176,11 +178,14 @@ def run_generate(args: argparse.Namespace) -> int:
     motion_loras = [parse_weighted(s, "--motion-lora") for s in args.motion_lora]
     adapter = parse_weighted(args.adapter, "--adapter") if args.adapter else None
 
-    if args.config:
-        if args.prompt:
-            raise UserInputError("give either a PROMPT or --config FILE.yaml, not both")
-        jobs = load_official_recipe(args.config, args.model, overrides)
-        out_dir = Path(args.out) if args.out else Path("outputs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.config or args.jobs:  # a batch (batch.py): resumable, split across `accelerate launch` processes
+        if args.prompt or (args.config and args.jobs):
+            raise UserInputError("give one of a PROMPT, --config FILE.yaml or --jobs FILE")
+        state = _batch_state()
+        jobs = load_official_recipe(args.config, args.model, overrides) if args.config else _jobs_from_file(args, overrides)
+        source = args.config or args.jobs
+        out_dir = Path(args.out) if args.out else \
+            Path("outputs") / _same_everywhere(f"{Path(source).stem}-{time.strftime('%Y%m%d-%H%M%S')}", state)
         suffix = ".gif"
         if out_dir.suffix:
             raise UserInputError("with --config, --out is a folder (one file per prompt)", field="out", value=out_dir)
@@ -194,7 +199,7 @@ def run_generate(args: argparse.Namespace) -> int:
             for field, given in (("loras", loras), ("motion_loras", motion_loras), ("adapter", adapter)):
                 if given:  # a flag took part: an error about it may be the flag's
                     job.keys.pop(field, None)
-            job.out = out_dir / f"{i}-{slug(job.prompt)}{suffix}"
+            job.out = out_dir / output_name(i, job.prompt or "prompt-travel", job.settings.get("seed"), suffix)
     else:
         if not args.prompt and "prompt_map" not in overrides:
             raise UserInputError("generate: give a PROMPT (or --prompt-map, or --config FILE.yaml)")
@@ -208,7 +213,7 @@ def run_generate(args: argparse.Namespace) -> int:
                         loras=found.loras, motion_loras=found.motion_loras, adapter=found.adapter,
                         settings={**found.defaults, **overrides}, out=out)
         ]
-    for job in jobs:  # every output target is checked before any model loads
+    for job in jobs if not (args.config or args.jobs) else ():  # a batch checks them with its resume plan
         check_output(job.out, overwrite=args.overwrite)
     configs = []
     for job in jobs:
@@ -220,6 +225,8 @@ def run_generate(args: argparse.Namespace) -> int:
         if job.motion_module is None and not is_bundled_model(job.model):  # the bundled family brings its module
             missing = f"{args.config}, {job.where}: no motion_module" if job.where else "no --motion-module"
             logger.warning("%s: frames are generated independently (no motion)", missing)
+    if args.config or args.jobs:
+        return _run_batch(jobs, configs, args, device, state)
     return _run_jobs(jobs, configs, args, device)
 
 
@@ -318,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_args(gen)
     add_ip_adapter_args(gen)
     add_sparsectrl_args(gen)
+    add_batch_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
     add_ui_parser(sub)
@@ -509,9 +517,10 @@ def add_control_args(parser: argparse.ArgumentParser) -> None:
                        help="hint frames for the next --controlnet in order: GIF, MP4, WebP or a PNG folder")
     group.add_argument("--control-image", action=_HintAction, const="image", dest="control_hints", metavar="PATH",
                        help="one hint image for every frame, for the next --controlnet in order")
-    group.add_argument("--preprocess", type=str.lower, choices=["none", "canny"], metavar="NAME",
-                       help="hint preprocessing: none (frames used as given, default) or canny (OpenCV edges; the [demo] "
-                            "extra); pose, depth etc. are yours to make")
+    group.add_argument("--preprocess", type=str.lower, choices=["none", "canny", "scribble", "lineart"], metavar="NAME",
+                       help="hint preprocessing: none (frames used as given, default), canny (edges), scribble (thick "
+                            "strokes of the main contours) or lineart (soft thin lines); OpenCV, the [demo] extra; pose, "
+                            "depth etc. are yours to make")
     group.add_argument("--guess-mode", action="store_true", default=None,
                        help="ControlNets only in the conditional half of guidance (the unconditional half gets no control)")
     group.add_argument("--video", metavar="PATH", help="video-to-video input (GIF, MP4, WebP, PNG folder); --frames "
@@ -661,6 +670,76 @@ def _sparsectrl_settings(args: argparse.Namespace) -> dict:
             raise UserInputError("is not a SparseCtrl encoder (no controlnet_cond_embedding weights)", field="sparsectrl",
                                  value=args.sparsectrl)
     return settings
+
+
+# ---- batch generation across processes (batch.py) -------------------------------------------------------------
+FIELD_FLAGS["jobs"] = "--jobs"
+
+
+def add_batch_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "batches (--config or --jobs)",
+        "Job i is written to OUT/<i>-<prompt words>[-seed<S>].gif; running the same command again skips the jobs "
+        "whose output and settings sidecar are there (give --out to resume: the default folder has the time in "
+        "it). Under `accelerate launch -m animatediff generate ...` the jobs are split across the processes, one "
+        "device each.")
+    group.add_argument("--jobs", metavar="FILE", help="prompts: a text file, one per line (# comments), or a YAML/JSON "
+                       "list of prompts or of {prompt, negative_prompt, seed} mappings; the flags set everything else")
+
+
+def _batch_state():
+    from .batch import process_state
+
+    return process_state()
+
+
+def _same_everywhere(value, state):
+    from .batch import same_on_every_process
+
+    return same_on_every_process(value, state)
+
+
+def _jobs_from_file(args: argparse.Namespace, overrides: dict) -> list:
+    """--jobs FILE: one GenerateJob per prompt, with the model files and settings of the flags."""
+    from .batch import read_jobs_file
+    from .bundled import resolve
+    from .recipes import GenerateJob
+
+    items = read_jobs_file(args.jobs)
+    loras = [parse_weighted(s, "--lora") for s in args.lora]
+    motion_loras = [parse_weighted(s, "--motion-lora") for s in args.motion_lora]
+    found = resolve(args.model, args.motion_module, loras, motion_loras,
+                    parse_weighted(args.adapter, "--adapter") if args.adapter else None)
+    jobs = []
+    for item in items:
+        settings = {**found.defaults, **overrides}
+        if "seed" in item:  # the item's seed wins over --seed (-1 there: random)
+            settings["seed"] = item["seed"]
+        jobs.append(GenerateJob(model=found.model, motion_module=found.motion_module, prompt=item["prompt"],
+                                negative_prompt=item.get("negative_prompt", args.negative or ""), settings=settings))
+    return jobs
+
+
+def _run_batch(jobs, configs, args, device: str, state) -> int:
+    """Every process runs this; each generates its share; the main process prints the summary."""
+    _quiet_third_party()
+    from .api import Animator
+    from .batch import run_batch, summary
+
+    start = time.perf_counter()
+    if state.num_processes > 1 and args.device == "auto":
+        device = str(state.device)  # cuda:<local rank>, or the CPU
+
+    def load(job, device):
+        return Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset, max_frames=args.max_frames,
+                             dtype=_dtype(args.dtype, device), device=device, model_config=args.model_config)
+
+    outcomes = run_batch(jobs, configs, load=load, fps=args.fps, overwrite=args.overwrite, device=device, state=state,
+                         progress=lambda steps: _progress_bar(steps, "denoising"),
+                         context=lambda job: _named_in_recipe(job, args.config))
+    if outcomes is not None:
+        print(summary(outcomes, time.perf_counter() - start, state.num_processes))
+    return 0
 
 
 if __name__ == "__main__":

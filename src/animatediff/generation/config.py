@@ -75,7 +75,7 @@ class GenerationConfig:
 
     # ---- ControlNet per frame and video-to-video (generation/controlnet.py, generation/video_input.py; issue 12) ----
     controlnets: list[dict] | None = None  # each {"path", "strength": 1, "start": 0, "end": 1, "video" | "image", "config"}
-    control_preprocess: str = "none"  # none | canny: applied to every ControlNet's hint frames
+    control_preprocess: str = "none"  # none | canny | scribble | lineart: applied to every ControlNet's hint frames
     guess_mode: bool = False  # ControlNets only in the conditional half of CFG (the unconditional half gets none)
     video: str | None = None  # video-to-video input: GIF, MP4, WebP or a folder of PNG frames
     strength: float | None = None  # video-to-video: the last int(steps * strength) steps run; None: 0.8

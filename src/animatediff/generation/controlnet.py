@@ -15,8 +15,11 @@ the denoiser. Settings per ControlNet (a ``GenerationConfig.controlnets`` entry,
               none given: the video-to-video input frames. Fitted to the clip's size and length as in
               video_input.py (centre crop; a short video repeats its last frame, a long one is cut).
 
-``control_preprocess`` (``none``: frames used as given; ``canny``: OpenCV edges, thresholds 100/200) applies to
-every hint. ``guess_mode``: the ControlNets see the prompt only in the conditional half of classifier-free
+``control_preprocess`` applies to every hint; the built-in ones need no weights, only OpenCV (the ``[demo]`` extra):
+``none`` (frames used as given), ``canny`` (edges, thresholds 100/200), ``scribble`` (thick simplified strokes,
+for scribble ControlNets) and ``lineart`` (soft thin lines, for lineart ControlNets), all white on black; see
+:func:`canny`, :func:`scribble`, :func:`lineart`. Learned annotators (pose, depth, HED, the lineart network,
+segmentation ...) are the user's job: give their output as the control video with ``none``. ``guess_mode``: the ControlNets see the prompt only in the conditional half of classifier-free
 guidance; the unconditional half gets no control (diffusers means this but crashes, its bug B1), and the
 residuals are scaled 0.1 .. 1 from the shallowest to the deepest (diffusers' ``guess_mode``).
 
@@ -41,7 +44,7 @@ from . import video_input
 logger = logging.getLogger(__name__)
 
 PER_CLIP_NDIM = {"control_hint": 5}  # (batch, nets, 3, H, W) per clip; its per-frame form is what we store
-PREPROCESSORS = ("none", "canny")
+PREPROCESSORS = ("none", "canny", "scribble", "lineart")
 FIELD = "controlnets"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -131,16 +134,62 @@ def specs(config) -> list[ControlNetSpec]:
 
 
 # ---- hints -----------------------------------------------------------------------------------------------
-def canny(frames: torch.Tensor, low: int = 100, high: int = 200) -> torch.Tensor:
-    """Canny edges of float ``(n, 3, H, W)`` in [0, 1] -> white edges on black, same shape (OpenCV)."""
+def _cv2(name: str):
     try:
         import cv2
     except ImportError:
-        raise UserInputError("canny needs OpenCV: pip install 'animatediff[demo]' (or opencv-python-headless)",
-                             field="control_preprocess", value="canny") from None
+        raise UserInputError(f"{name} needs OpenCV: pip install 'animatediff[demo]' (or opencv-python-headless)",
+                             field="control_preprocess", value=name) from None
+    return cv2
+
+
+def _per_frame(frames: torch.Tensor, edit: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
+    """float ``(n, 3, H, W)`` in [0, 1] -> uint8 ``(H, W, 3)`` per frame -> ``edit`` -> ``(H, W)`` uint8 or float in
+    [0, 1] -> the same grey map in all three channels, float ``(n, 3, H, W)`` in [0, 1]."""
     pixels = (frames.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # n c H W -> n H W c
-    edges = np.stack([cv2.Canny(np.ascontiguousarray(p), low, high) for p in pixels])  # (n, H, W) 0 / 255
-    return torch.from_numpy(edges).float().div(255)[:, None].expand(-1, 3, -1, -1).contiguous()
+    maps = [edit(np.ascontiguousarray(p)) for p in pixels]
+    out = torch.from_numpy(np.stack([m.astype(np.float32) / (255 if m.dtype == np.uint8 else 1) for m in maps]))
+    return out[:, None].expand(-1, 3, -1, -1).contiguous()  # n H W -> n 3 H W
+
+
+def canny(frames: torch.Tensor, low: int = 100, high: int = 200) -> torch.Tensor:
+    """Canny edges of float ``(n, 3, H, W)`` in [0, 1] -> white 1-px edges on black, same shape (OpenCV)."""
+    cv2 = _cv2("canny")
+    return _per_frame(frames, lambda p: cv2.Canny(p, low, high))
+
+
+def scribble(frames: torch.Tensor) -> torch.Tensor:
+    """A scribble-like hint: only the main contours, as thick strokes (what scribble ControlNets were trained
+    on: hand-drawn white lines on black). Per frame: grey, Gaussian blur (sigma 3 px: texture and small detail
+    go), Canny with low thresholds 30/60 (the remaining contours), dilated by a 5x5 ellipse (strokes about
+    5 px wide). Binary, white on black; same shape as the input."""
+    cv2 = _cv2("scribble")
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+    def strokes(p: np.ndarray) -> np.ndarray:
+        grey = cv2.GaussianBlur(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), (0, 0), 3)
+        return cv2.dilate(cv2.Canny(grey, 30, 60), kernel)
+
+    return _per_frame(frames, strokes)
+
+
+def lineart(frames: torch.Tensor, gain: float = 8.0, floor: float = 0.03) -> torch.Tensor:
+    """A line-drawing hint: soft, thin lines where the frame has dark lines or dark sides of edges (lineart
+    ControlNets take white lines on black). Per frame: grey in [0, 1], difference of Gaussians
+    ``blur(sigma 2) - blur(sigma 0.8)`` (positive where a pixel is darker than its surroundings), less ``floor``
+    (fine texture and noise, up to ~8 grey levels, stay black), times ``gain``, clipped to [0, 1]. Graded, not
+    binary; 0 on flat areas; same shape as the input."""
+    cv2 = _cv2("lineart")
+
+    def lines(p: np.ndarray) -> np.ndarray:
+        grey = cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+        dog = cv2.GaussianBlur(grey, (0, 0), 2.0) - cv2.GaussianBlur(grey, (0, 0), 0.8)
+        return np.clip((dog - floor) * gain, 0, 1)
+
+    return _per_frame(frames, lines)
+
+
+PREPROCESS = {"canny": canny, "scribble": scribble, "lineart": lineart}
 
 
 def read_hint(spec: ControlNetSpec, config) -> tuple[torch.Tensor, dict]:
@@ -157,8 +206,8 @@ def read_hint(spec: ControlNetSpec, config) -> tuple[torch.Tensor, dict]:
         frames = video_input.match_length(frames, config.num_frames, f"control video {source}")
     else:
         frames = frames.expand(config.num_frames, -1, -1, -1)
-    if config.control_preprocess == "canny":
-        frames = canny(frames)
+    if config.control_preprocess != "none":
+        frames = PREPROCESS[config.control_preprocess](frames)
     return frames, {kind: source, "frames": len(raw)}
 
 
