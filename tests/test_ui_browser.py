@@ -117,6 +117,10 @@ def test_generate_see_progress_cancel_and_reload_settings(page):
     assert page.value("#w-model input") == "base (bundled)"
     assert page.value("#w-motion_module input") == "demo (bundled)"
     page.shot("page-loaded")
+    from selenium.webdriver.common.by import By  # the control units are tabs of the page (tests/test_ui.py tests them)
+
+    tabs = {t.get_attribute("textContent").strip() for t in page.driver.find_elements(By.CSS_SELECTOR, "button")}
+    assert {"Image to video", "SparseCtrl", "IP-Adapter"} <= tabs, tabs  # tabs past the page width are in its overflow menu
 
     # a bad field: one line naming the widget, no traceback
     page.type("#w-width input", 65)
