@@ -553,7 +553,14 @@ def test_sparsectrl_image_and_ip_adapter_generate_and_refill_the_form(control_st
     values, notes = control_studio.settings_of(job.result.path.name)
     assert (values["sparsectrl"], values["keyframe_1_index"], values["sparsectrl_scale"], values["sparsectrl_end"]) == (SC, -1, "0.8", 0.9)
     assert (values["ip_adapter"], values["ip_adapter_scale"], values["ip_adapter_image_encoder"]) == (IP, 0.5, ENCODER)
-    assert (values["ip_image_1_frame"], values["ip_image_2_frame"]) == (0, 3) and not notes
+    assert (values["ip_image_1_frame"], values["ip_image_2_frame"]) == (0, 3)
+    assert notes == [f"{label}: upload again (uploads are not kept)" for label in
+                     ("Still image", "SparseCtrl keyframes", "IP-Adapter reference images")]
+    still = control_studio.submit_form(form_values(**TINY, image=str(up / "im0.png"), image_strength=0.5, image_falloff=2,
+                                                   image_denoise=0.5))  # no encoder: the init-latent blend
+    assert still.done.wait(60) and still.state == DONE, still.error
+    values, _ = control_studio.settings_of(still.result.path.name)
+    assert (values["image_strength"], values["image_falloff"], values["image_denoise"]) == (0.5, 2, 0.5)
     plain = control_studio.submit_form(form_values(**TINY))  # and back: a plain result clears the pickers
     assert plain.done.wait(60) and plain.state == DONE, plain.error
     values, _ = control_studio.settings_of(plain.result.path.name)

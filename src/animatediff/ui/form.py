@@ -2,8 +2,10 @@
 form values -> a generation request, and a result's sidecar -> form values.
 
 A unit is one tab or accordion of the page with its own ``to_settings`` (widget values -> API fields). A new
-feature (SparseCtrl, image-to-video, IP-Adapter) is one more ``Unit`` appended to ``UNITS``: app.py builds its
-widgets, the request gets its fields, and its labels name its errors. No Gradio here: this module is plain
+feature is one more ``Unit`` appended to ``UNITS`` (as image-to-video, SparseCtrl and IP-Adapter are): app.py
+builds its widgets, the request gets its fields, and its labels name its errors. Picked files travel as
+``("picker", label)`` and uploads as ``("image" | "video", path)`` in ``Request.uploads``; the studio resolves
+and checks both (models.Catalog, safety.check_upload). No Gradio here: this module is plain
 data and functions, tested without a browser.
 """
 

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GenerationConfig)} - {"prompt"}
 _FILE_FIELDS = {"video", "controlnets", "image", "sparsectrl", "keyframes", "ip_adapter", "ip_adapter_image_encoder",
                 "ip_images"}  # fields that name files: only through uploads and pickers
+_UPLOADED = ("video", "image", "keyframes", "ip_images")  # fields a past result cannot refill (the page's uploads)
 _API_KEYS = {"model", "motion_module", "loras", "motion_loras", "adapter", "fps", "format"}
 
 
@@ -188,8 +189,9 @@ class Studio:
         result = self.outputs.resolve(name)
         if not result.exists():
             raise UserInputError("no such result", field="history", value=name)
-        values = values_from_sidecar(self.outputs.sidecar(result))
-        notes = []
+        sidecar = self.outputs.sidecar(result)
+        values = values_from_sidecar(sidecar)
+        notes = [f"{FIELD_LABELS[k]}: upload again (uploads are not kept)" for k in _UPLOADED if sidecar.get(k)]
         for widget, value in list(values.items()):
             if isinstance(value, tuple) and value[0] == "path":
                 label = self._label_of(value[1])
