@@ -88,7 +88,17 @@ class Page:
         element.send_keys(Keys.TAB)  # blur: Gradio takes the value on change
 
     def click(self, css: str) -> None:
-        self.find(css).click()
+        from selenium.common.exceptions import ElementClickInterceptedException
+        from selenium.webdriver.common.by import By
+
+        try:
+            self.find(css).click()
+        except ElementClickInterceptedException:  # an error toast (e.g. the bad-width one) lies over it: close it, as a user would
+            for button in self.driver.find_elements(By.CSS_SELECTOR, ".toast-close"):
+                if button.is_displayed():
+                    button.click()
+            time.sleep(0.5)  # the toast's fade-out
+            self.find(css).click()
 
     def status(self) -> str:
         return self.value("#status textarea")
