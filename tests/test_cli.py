@@ -132,6 +132,7 @@ BAD = {
     "too many frames": (["--frames", "40", "--context", "none"], "--frames"),  # windows forced off
     "unknown extension": (["--out", "{tmp}/clip.avi"], "--out"),
     "unknown scheduler": (["--scheduler", "plms2"], "--scheduler"),
+    "steps past the training timesteps": (["--steps", "1001", "--scheduler", "ddim"], "--steps 1001: must be at most 1000"),
 }
 
 

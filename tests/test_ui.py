@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from animatediff import bundled
 from animatediff.api import Animator, Cancelled
@@ -419,3 +420,148 @@ def test_twenty_requests_at_once_each_complete_or_get_queue_full():
     summary = load_ui.run(requests=20, max_queue=4)
     assert summary["ok"], summary
     assert summary["completed"] + summary["queue_full"] == 20
+
+
+# ---- image-to-video, SparseCtrl and IP-Adapter units (fabricated files in a --models-dir) ---------------------
+@pytest.fixture(scope="module")
+def control_dir(tmp_path_factory):
+    """A --models-dir with an RGB SparseCtrl for the bundled base, an SDXL one, a scribble one at other widths,
+    an IP-Adapter for the bundled base and its tiny CLIP image encoder; and a folder of uploads."""
+    if not bundled.is_available():
+        pytest.skip("the bundled demo model is not installed")
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from animatediff.generation.sparsectrl import SparseCtrlEncoder
+    from conftest import tiny_unet
+    from test_ip_adapter import ip_state, tiny_encoder
+
+    root = tmp_path_factory.mktemp("control")
+    models, uploads = root / "models", root / "uploads"
+    models.mkdir(), uploads.mkdir()
+    unet = Animator.load().base.unet
+
+    def save(state, name):
+        save_file({k: v.contiguous() for k, v in state.items() if not k.endswith("pe")}, str(models / name))
+
+    rgb = SparseCtrlEncoder(unet, "rgb", 4, from_unet=True).model.state_dict()
+    save(rgb, "sc_rgb.safetensors")
+    save({**rgb, "add_embedding.linear_1.weight": torch.zeros(4, 4)}, "sc_xl.safetensors")  # SDXL's added embedding
+    save(SparseCtrlEncoder(tiny_unet(), "scribble", 3).model.state_dict(), "sc_scribble.safetensors")
+    torch.save(ip_state(unet), models / "ip.bin")
+    tiny_encoder(models / "image_encoder")
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0)]):
+        Image.fromarray(np.full((40, 30, 3), colour, np.uint8)).save(uploads / f"im{i}.png")
+    return models, uploads
+
+
+SC, SC_XL, SC_SCRIBBLE = ("sc_rgb.safetensors [sparsectrl rgb, SD1.5]", "sc_xl.safetensors [sparsectrl rgb, SDXL]",
+                          "sc_scribble.safetensors [sparsectrl scribble, SD1.5]")
+IP, ENCODER = "ip.bin [ip-adapter base, SD1.5]", "image_encoder [clip-image-encoder projection 16, ?]"
+
+
+def test_models_dir_lists_sparsectrl_ip_adapters_and_image_encoders(control_dir):
+    from animatediff.ui.models import Catalog
+
+    catalog = Catalog(control_dir[0])
+    assert set(catalog.entries["sparsectrl"]) == {SC, SC_XL, SC_SCRIBBLE}
+    assert list(catalog.entries["ip_adapter"]) == [IP] and list(catalog.entries["ip_adapter_image_encoder"]) == [ENCODER]
+    assert catalog.labels("sparsectrl", "base (bundled)") == [SC]  # the others do not fit the bundled base
+    base = catalog.entries["model"]["base (bundled)"]
+    with pytest.raises(UserInputError, match="^sparsectrl .*: is for SDXL; base \\(bundled\\) is SD1.5$"):
+        catalog.resolve("sparsectrl", SC_XL, base)
+    with pytest.raises(UserInputError, match="built for UNet channels"):
+        catalog.resolve("sparsectrl", SC_SCRIBBLE, base)
+
+
+def test_image_sparsectrl_and_ip_adapter_widgets_become_api_fields(control_dir):
+    from animatediff.ui.form import request_from
+
+    up = control_dir[1]
+    r = request_from(form_values(image=str(up / "im0.png"), image_strength=0.5, image_falloff=8.0, image_denoise=0.6))
+    assert r.uploads == {"image": ("image", str(up / "im0.png"))}  # no encoder: the init-latent blend
+    assert (r.settings["image_strength"], r.settings["image_falloff"], r.settings["strength"]) == (0.5, 8.0, 0.6)
+    r = request_from(form_values(image=str(up / "im0.png"), sparsectrl=SC, keyframe_2=str(up / "im1.png"), keyframe_2_index=-1.0,
+                                 sparsectrl_scale="1, 0.5, 0.5, 1", sparsectrl_end=0.5, sparsectrl_normalize=True,
+                                 ip_adapter=IP, ip_adapter_scale=0.6, ip_adapter_image_encoder=ENCODER,
+                                 ip_image_1=str(up / "im1.png"), ip_image_2=str(up / "im2.png"), ip_image_2_frame=3.0))
+    assert "image_strength" not in r.settings and "strength" not in r.settings  # the still is frame 0's keyframe
+    assert r.uploads["sparsectrl"] == ("picker", SC) and r.uploads["keyframes"] == [{"image": ("image", str(up / "im1.png")), "index": -1}]
+    assert r.settings["sparsectrl_scale"] == [1.0, 0.5, 0.5, 1.0] and r.settings["sparsectrl_end"] == 0.5
+    assert r.settings["sparsectrl_normalize"] is True
+    assert r.uploads["ip_adapter"] == [{"path": ("picker", IP), "scale": 0.6}]
+    assert r.uploads["ip_adapter_image_encoder"] == ("picker", ENCODER)
+    assert [k["frame"] for k in r.uploads["ip_images"]] == [0, 3]
+    r = request_from(form_values())  # nothing picked or uploaded: no control fields at all
+    assert not r.uploads and not {"sparsectrl_scale", "image_strength", "strength"} & set(r.settings)
+
+
+@pytest.fixture(scope="module")
+def control_studio(control_dir, tmp_path_factory):
+    from animatediff.ui import make_studio
+
+    studio = make_studio(control_dir[0], tmp_path_factory.mktemp("outputs"), device="cpu", max_queue=2, max_upload_bytes=4096)
+    studio.upload_roots = [control_dir[1]]
+    yield studio
+    studio.close()
+
+
+def test_control_units_bad_fields_are_one_line_naming_the_widget(control_studio, control_dir, tmp_path):
+    from animatediff.ui.studio import describe
+
+    up = control_dir[1]
+    key = dict(sparsectrl=SC, keyframe_1=str(up / "im0.png"))
+    cases = [({**key, "keyframe_1_index": 9}, "error: SparseCtrl keyframes ", "index 9 is outside the clip (4 frames"),
+             ({**key, "sparsectrl_start": 0.6, "sparsectrl_end": 0.4}, "error: SparseCtrl start 0.6: needs 0 <= start < end", ""),
+             ({**key, "sparsectrl_scale": "1, 2"}, "error: SparseCtrl scale [1.0, 2.0]: has 2 values for 4 frames", ""),
+             ({**key, "sparsectrl": SC_XL}, f"error: SparseCtrl encoder {SC_XL}: is for SDXL; base (bundled) is SD1.5", ""),
+             ({"keyframe_1": str(up / "im0.png")}, "error: SparseCtrl keyframes ", "needs a SparseCtrl encoder"),
+             ({"ip_image_1": str(up / "im1.png")}, "error: IP-Adapter reference images ", "only applies with an IP-Adapter"),
+             ({"ip_adapter": IP, "ip_image_1": str(up / "im1.png")}, "error: IP-Adapter image encoder: an IP-Adapter needs", ""),
+             ({"ip_adapter": IP, "ip_adapter_image_encoder": ENCODER, "ip_image_1": str(up / "im1.png"), "ip_image_1_frame": 4},
+              "error: IP-Adapter reference images ", "frame 4 is past the clip's last frame"),
+             ({"image": str(up / "im0.png"), "image_strength": 0}, "error: Image weight in frame 0 0: must be a number in (0, 1]", "")]
+    for changes, start, words in cases:
+        with pytest.raises(UserInputError) as e:
+            control_studio.submit_form(form_values(**TINY, **changes))
+        line = describe(e.value)
+        assert line.startswith(start) and words in line and "\n" not in line, (changes, line)
+    elsewhere = tmp_path / "x.png"
+    elsewhere.write_bytes((up / "im0.png").read_bytes())
+    big = up / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(8000))
+    for field, path, words in [("keyframe_1", elsewhere, "not an uploaded file"), ("ip_image_1", up / "../../etc/passwd", "not an uploaded"),
+                               ("image", big, "over the"), ("keyframe_2", up / "im0.png.sh", "not accepted")]:
+        with pytest.raises(UserInputError, match=words):
+            control_studio.submit_form(form_values(**TINY, sparsectrl=SC, ip_adapter=IP, ip_adapter_image_encoder=ENCODER,
+                                                   **{field: str(path)}))
+    for key in ("sparsectrl", "keyframes", "ip_adapter", "ip_images", "image", "ip_adapter_image_encoder"):
+        with pytest.raises(UserInputError, match="paths are never opened"):
+            control_studio.submit_api("x", {key: "/etc/passwd"})
+
+
+def test_sparsectrl_image_and_ip_adapter_generate_and_refill_the_form(control_studio, control_dir):
+    up = control_dir[1]
+    job = control_studio.submit_form(form_values(
+        **TINY, image=str(up / "im0.png"), sparsectrl=SC, keyframe_1=str(up / "im1.png"), keyframe_1_index=-1,
+        sparsectrl_scale="0.8", sparsectrl_end=0.9, ip_adapter=IP, ip_adapter_scale=0.5, ip_adapter_image_encoder=ENCODER,
+        ip_image_1=str(up / "im1.png"), ip_image_2=str(up / "im2.png"), ip_image_2_frame=3))
+    assert job.done.wait(120) and job.state == DONE, job.error
+    sidecar = control_studio.outputs.sidecar(job.result.path)
+    assert [k["index"] for k in sidecar["keyframes"]] == [0, -1]  # the still became frame 0's keyframe
+    values, notes = control_studio.settings_of(job.result.path.name)
+    assert (values["sparsectrl"], values["keyframe_1_index"], values["sparsectrl_scale"], values["sparsectrl_end"]) == (SC, -1, "0.8", 0.9)
+    assert (values["ip_adapter"], values["ip_adapter_scale"], values["ip_adapter_image_encoder"]) == (IP, 0.5, ENCODER)
+    assert (values["ip_image_1_frame"], values["ip_image_2_frame"]) == (0, 3)
+    assert notes == [f"{label}: upload again (uploads are not kept)" for label in
+                     ("Still image", "SparseCtrl keyframes", "IP-Adapter reference images")]
+    still = control_studio.submit_form(form_values(**TINY, image=str(up / "im0.png"), image_strength=0.5, image_falloff=2,
+                                                   image_denoise=0.5))  # no encoder: the init-latent blend
+    assert still.done.wait(60) and still.state == DONE, still.error
+    values, _ = control_studio.settings_of(still.result.path.name)
+    assert (values["image_strength"], values["image_falloff"], values["image_denoise"]) == (0.5, 2, 0.5)
+    plain = control_studio.submit_form(form_values(**TINY))  # and back: a plain result clears the pickers
+    assert plain.done.wait(60) and plain.state == DONE, plain.error
+    values, _ = control_studio.settings_of(plain.result.path.name)
+    assert values["sparsectrl"] == NONE and values["ip_adapter"] == NONE

@@ -88,7 +88,17 @@ class Page:
         element.send_keys(Keys.TAB)  # blur: Gradio takes the value on change
 
     def click(self, css: str) -> None:
-        self.find(css).click()
+        from selenium.common.exceptions import ElementClickInterceptedException
+        from selenium.webdriver.common.by import By
+
+        try:
+            self.find(css).click()
+        except ElementClickInterceptedException:  # an error toast (e.g. the bad-width one) lies over it: close it, as a user would
+            for button in self.driver.find_elements(By.CSS_SELECTOR, ".toast-close"):
+                if button.is_displayed():
+                    button.click()
+            time.sleep(0.5)  # the toast's fade-out
+            self.find(css).click()
 
     def status(self) -> str:
         return self.value("#status textarea")
@@ -117,6 +127,10 @@ def test_generate_see_progress_cancel_and_reload_settings(page):
     assert page.value("#w-model input") == "base (bundled)"
     assert page.value("#w-motion_module input") == "demo (bundled)"
     page.shot("page-loaded")
+    from selenium.webdriver.common.by import By  # the control units are tabs of the page (tests/test_ui.py tests them)
+
+    tabs = {t.get_attribute("textContent").strip() for t in page.driver.find_elements(By.CSS_SELECTOR, "button")}
+    assert {"Image to video", "SparseCtrl", "IP-Adapter"} <= tabs, tabs  # tabs past the page width are in its overflow menu
 
     # a bad field: one line naming the widget, no traceback
     page.type("#w-width input", 65)

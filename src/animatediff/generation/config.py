@@ -14,7 +14,7 @@ from ..errors import UserInputError
 from ..sampling.context import context_options
 from ..sampling.freeinit import check_fields as check_freeinit_fields
 from ..sampling.freenoise import check_fields as check_freenoise_fields
-from ..sampling.schedulers import check_preset, check_scheduler, sampling_defaults
+from ..sampling.schedulers import check_preset, check_scheduler, check_steps, sampling_defaults
 from . import prompt_travel
 
 
@@ -163,6 +163,7 @@ class GenerationConfig:
             check_scheduler(self.scheduler)
         if self.scheduler_preset is not None:
             check_preset(self.scheduler_preset)
+        check_steps(self.steps, self.scheduler_preset)
         check_freenoise_fields(self, max_frames)
         check_freeinit_fields(self)
         prompt_travel.check_config(self)

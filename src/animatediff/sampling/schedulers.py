@@ -88,6 +88,14 @@ def check_preset(preset: str) -> str:
     return preset
 
 
+def check_steps(steps: int | None, preset: str | None) -> None:
+    """``UserInputError`` about ``steps`` when a run would need more steps than the noise schedule has training
+    timesteps (DDIM and LCM refuse that inside diffusers; the others would repeat timesteps)."""
+    limit = SCHEDULER_PRESETS[check_preset(preset or "animatediff")]["num_train_timesteps"]
+    if steps is not None and steps > limit:
+        raise UserInputError(f"must be at most {limit} (the noise schedule's training timesteps)", field="steps", value=steps)
+
+
 def sampling_defaults(preset: str) -> SamplingDefaults:
     """The recommended sampler, steps and guidance of a (checked) preset."""
     return SAMPLING_DEFAULTS[check_preset(preset)]

@@ -2,8 +2,10 @@
 form values -> a generation request, and a result's sidecar -> form values.
 
 A unit is one tab or accordion of the page with its own ``to_settings`` (widget values -> API fields). A new
-feature (SparseCtrl, image-to-video, IP-Adapter) is one more ``Unit`` appended to ``UNITS``: app.py builds its
-widgets, the request gets its fields, and its labels name its errors. No Gradio here: this module is plain
+feature is one more ``Unit`` appended to ``UNITS`` (as image-to-video, SparseCtrl and IP-Adapter are): app.py
+builds its widgets, the request gets its fields, and its labels name its errors. Picked files travel as
+``("picker", label)`` and uploads as ``("image" | "video", path)`` in ``Request.uploads``; the studio resolves
+and checks both (models.Catalog, safety.check_upload). No Gradio here: this module is plain
 data and functions, tested without a browser.
 """
 
@@ -26,6 +28,9 @@ CONTEXT_AUTO = "auto"
 NONE = "(none)"
 LORA_SLOTS = 2  # LoRA and MotionLoRA rows in the LoRA tab
 CONTROL_SLOTS = 2  # ControlNet units
+KEYFRAME_SLOTS = 3  # SparseCtrl keyframe uploads (first / middle / last, or a three-sketch storyboard)
+KEYFRAME_INDICES = (0, 8, -1)  # their default frames (negative: from the end)
+IP_IMAGE_SLOTS = 2  # IP-Adapter reference images (two: keyframed travel)
 
 
 @dataclass(frozen=True)
@@ -298,7 +303,7 @@ VIDEO = Unit("Video to video", (
     Widget("video", "Input video", "video"),
     Widget("strength", "Strength", "slider", 0.8, minimum=0.05, maximum=1, step=0.05,
            info="the last int(steps x strength) steps run"),
-), _video_settings, lambda sc: {"strength": sc["strength"]} if sc.get("strength") is not None else {})
+), _video_settings, lambda sc: {"strength": sc["strength"]} if sc.get("video") and sc.get("strength") is not None else {})
 
 
 def _control_settings(v: dict, r: Request) -> None:
@@ -332,8 +337,118 @@ CONTROL = Unit("ControlNet", (
     Widget("guess_mode", "Guess mode", "checkbox", False),
 ), _control_settings, lambda sc: {k: sc[k] for k in ("control_preprocess", "guess_mode") if k in sc})
 
-# The page, in order. A new feature: one more Unit here (SparseCtrl, image-to-video, IP-Adapter).
-UNITS: list[Unit] = [MAIN, LORAS, LONG, TRAVEL, VIDEO, CONTROL]
+# ---- image-to-video, SparseCtrl, IP-Adapter (issue 12) ------------------------------------------------------
+def _image_settings(v: dict, r: Request) -> None:
+    if not v["image"]:
+        return
+    r.uploads["image"] = ("image", v["image"])
+    if _choice(v["sparsectrl"], NONE) is None:  # with an encoder the still is its frame-0 keyframe: no init blend
+        r.settings["image_strength"], r.settings["image_falloff"] = v["image_strength"], v["image_falloff"]
+        r.settings["strength"] = v["image_denoise"]
+
+
+def _image_from_sidecar(sc: dict) -> dict:
+    if not sc.get("image"):
+        return {}
+    defaults = {"image_strength": 1.0, "image_falloff": 32, "strength": 0.8}
+    return {("image_denoise" if k == "strength" else k): d if sc.get(k) is None else sc[k] for k, d in defaults.items()}
+
+
+IMAGE = Unit("Image to video", (
+    Widget("image", "Still image", "image", info="animated from frame 0; with a SparseCtrl RGB encoder it is the "
+                                                  "encoder's frame-0 keyframe instead of the start latent"),
+    Widget("image_strength", "Image weight in frame 0", "slider", 1.0, minimum=0.05, maximum=1, step=0.05, row="blend"),
+    Widget("image_falloff", "Image falloff (frames)", "number", 32, minimum=1, row="blend",
+           info="the image's weight falls to 0 over these frames"),
+    Widget("image_denoise", "Image-to-video strength", "slider", 0.8, minimum=0.05, maximum=1, step=0.05,
+           info="the last int(steps x strength) steps run"),
+), _image_settings, _image_from_sidecar)
+
+
+def _sparsectrl_settings(v: dict, r: Request) -> None:
+    keyframes = [{"image": ("image", v[f"keyframe_{i}"]), "index": _whole("keyframes", v[f"keyframe_{i}_index"])}
+                 for i in range(1, KEYFRAME_SLOTS + 1) if v[f"keyframe_{i}"]]
+    if keyframes:  # without an encoder too: the library names what is missing
+        r.uploads["keyframes"] = keyframes
+    label = _choice(v["sparsectrl"], NONE)
+    if label is None:
+        return
+    r.uploads["sparsectrl"] = ("picker", label)
+    s = r.settings
+    s["sparsectrl_scale"] = _multival("sparsectrl_scale", v["sparsectrl_scale"])
+    s["sparsectrl_start"], s["sparsectrl_end"] = v["sparsectrl_start"], v["sparsectrl_end"]
+    s["sparsectrl_normalize"] = v["sparsectrl_normalize"]
+
+
+def _sparsectrl_from_sidecar(sc: dict) -> dict:
+    if not sc.get("sparsectrl"):
+        return {"sparsectrl": NONE}
+    out = {"sparsectrl": ("path", sc["sparsectrl"])}
+    keys = list(sc.get("keyframes") or [])
+    if sc.get("image") and keys and keys[0].get("image") == sc["image"] and keys[0].get("index") == 0:
+        keys = keys[1:]  # the still, recorded as the frame-0 keyframe: it is the image tab's upload
+    for i, key in enumerate(keys[:KEYFRAME_SLOTS], start=1):
+        out[f"keyframe_{i}_index"] = key.get("index", 0)
+    scale = sc.get("sparsectrl_scale", 1.0)
+    out["sparsectrl_scale"] = ", ".join(map(str, scale)) if isinstance(scale, list) else str(scale)
+    for k in ("sparsectrl_start", "sparsectrl_end", "sparsectrl_normalize"):
+        if k in sc:
+            out[k] = sc[k]
+    return out
+
+
+SPARSECTRL = Unit("SparseCtrl", (
+    Widget("sparsectrl", "SparseCtrl encoder", "picker:sparsectrl", info="RGB: images; scribble: sketches"),
+    *(w for i, index in zip(range(1, KEYFRAME_SLOTS + 1), KEYFRAME_INDICES) for w in (
+        Widget(f"keyframe_{i}", f"Keyframe {i}", "image", row=f"key{i}"),
+        Widget(f"keyframe_{i}_index", f"Keyframe {i} frame", "int", index, row=f"key{i}",
+               info="negative: counted from the end"))),
+    Widget("sparsectrl_scale", "SparseCtrl scale", "text", "1", info="one number or one per frame, comma-separated"),
+    Widget("sparsectrl_start", "SparseCtrl start", "slider", 0.0, minimum=0, maximum=1, step=0.05, row="range"),
+    Widget("sparsectrl_end", "SparseCtrl end", "slider", 1.0, minimum=0, maximum=1, step=0.05, row="range"),
+    Widget("sparsectrl_normalize", "Normalize keyframes (official normalize_condition_images)", "checkbox", False),
+), _sparsectrl_settings, _sparsectrl_from_sidecar)
+
+
+def _ip_settings(v: dict, r: Request) -> None:
+    images = [{"image": ("image", v[f"ip_image_{i}"]), "frame": _whole("ip_images", v[f"ip_image_{i}_frame"])}
+              for i in range(1, IP_IMAGE_SLOTS + 1) if v[f"ip_image_{i}"]]
+    if images:
+        r.uploads["ip_images"] = images
+    label = _choice(v["ip_adapter"], NONE)
+    if label is not None:
+        r.uploads["ip_adapter"] = [{"path": ("picker", label), "scale": v["ip_adapter_scale"]}]
+    encoder = _choice(v["ip_adapter_image_encoder"], NONE)
+    if encoder is not None and label is not None:  # an encoder alone is no request for an IP-Adapter
+        r.uploads["ip_adapter_image_encoder"] = ("picker", encoder)
+
+
+def _ip_from_sidecar(sc: dict) -> dict:
+    adapters = sc.get("ip_adapter") or []
+    if not adapters:
+        return {"ip_adapter": NONE}
+    first = adapters[0] if isinstance(adapters[0], dict) else {"path": adapters[0]}
+    out = {"ip_adapter": ("path", first["path"]), "ip_adapter_scale": first.get("scale", 1.0)}
+    if sc.get("ip_adapter_image_encoder"):
+        out["ip_adapter_image_encoder"] = ("path", sc["ip_adapter_image_encoder"])
+    for i, key in enumerate((sc.get("ip_images") or [])[:IP_IMAGE_SLOTS], start=1):
+        out[f"ip_image_{i}_frame"] = key.get("frame", 0) if isinstance(key, dict) else 0
+    return out
+
+
+IP_ADAPTER = Unit("IP-Adapter", (
+    Widget("ip_adapter", "IP-Adapter", "picker:ip_adapter", row="ip"),
+    Widget("ip_adapter_scale", "IP-Adapter scale", "slider", 1.0, minimum=0, maximum=2, step=0.05, row="ip"),
+    Widget("ip_adapter_image_encoder", "IP-Adapter image encoder", "picker:ip_adapter_image_encoder",
+           info="a CLIPVisionModelWithProjection folder in --models-dir"),
+    *(w for i in range(1, IP_IMAGE_SLOTS + 1) for w in (
+        Widget(f"ip_image_{i}", f"Reference image {i}", "image", row=f"ip{i}"),
+        Widget(f"ip_image_{i}_frame", f"Reference image {i} frame", "int", 0 if i == 1 else 15, minimum=0, row=f"ip{i}",
+               info="several images travel between their frames"))),
+), _ip_settings, _ip_from_sidecar)
+
+# The page, in order. A new feature: one more Unit here.
+UNITS: list[Unit] = [MAIN, LORAS, LONG, TRAVEL, VIDEO, CONTROL, IMAGE, SPARSECTRL, IP_ADAPTER]
 
 
 def widgets() -> list[Widget]:
@@ -343,7 +458,8 @@ def widgets() -> list[Widget]:
 # Errors name config fields; the page names its widgets (as cli.FIELD_FLAGS names flags).
 FIELD_LABELS = {w.name: w.label for w in widgets()}
 FIELD_LABELS.update({"loras": "LoRA", "motion_loras": "MotionLoRA", "adapter": "Domain adapter", "controlnets": "ControlNet",
-                     "video": "Input video", "out": "Output", "history": "Past result", "max_queue": "--max-queue"})
+                     "video": "Input video", "out": "Output", "history": "Past result", "max_queue": "--max-queue",
+                     "keyframes": "SparseCtrl keyframes", "ip_images": "IP-Adapter reference images"})
 
 
 def request_from(values: list) -> Request:

@@ -20,7 +20,8 @@ from pathlib import Path
 from .. import bundled
 from ..errors import UserInputError
 from ..presets import CAMERA_MOVES
-from ..weights.detect import describe_file
+from ..weights.detect import FileDescription, describe_file
+from ..weights.files import read_keys
 from .safety import pick
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ ROLES = {
     "motion_loras": ("motion-lora",),
     "adapter": ("domain-adapter", "processor-lora"),
     "controlnets": ("controlnet",),
+    "sparsectrl": ("sparsectrl",),
+    "ip_adapter": ("ip-adapter",),
+    "ip_adapter_image_encoder": ("clip-image-encoder",),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _BASE_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
@@ -66,15 +70,56 @@ def _describe(path: Path, label: str, is_bundled: bool = False) -> Entry | None:
     try:
         found = describe_file(path)
     except (UserInputError, OSError, ValueError, RuntimeError) as e:  # not a model: not listed
-        logger.info("models: skipping %s (%s)", path, str(e).splitlines()[0])
-        return None
+        found = _ip_adapter_part(path)
+        if found is None:
+            logger.info("models: skipping %s (%s)", path, str(e).splitlines()[0])
+            return None
+    if found.kind == "unknown":
+        found = _ip_adapter_part(path) or found
     kind = found.kind
     if kind == "sparsectrl" and not found.details.get("motion_modules"):
         kind = "controlnet"  # a ControlNet has the SparseCtrl condition encoder but no motion modules
     channels = found.details.get("block_out_channels") or _STOCK_CHANNELS.get(kind)
+    if kind == "sparsectrl":  # its residuals add to the base's down blocks: the widths must match
+        channels = _sparsectrl_channels(path) or _STOCK_CHANNELS.get(f"{found.base}-checkpoint")
     if kind == "diffusers-folder" and (path / "unet" / "config.json").is_file():
         channels = json.loads((path / "unet" / "config.json").read_text()).get("block_out_channels")
     return Entry(label, str(path), kind, found.version, found.base, tuple(channels) if channels else None, is_bundled)
+
+
+def _ip_adapter_part(path: Path) -> FileDescription | None:
+    """An IP-Adapter file (kind base/plus/full, base from its cross-attention width) or a CLIP image encoder
+    folder (``CLIPVisionModelWithProjection``), which ``inspect`` does not describe; None for anything else."""
+    if path.is_dir():
+        config = path / "config.json"
+        try:
+            found = json.loads(config.read_text()) if config.is_file() else {}
+        except (OSError, ValueError):
+            return None
+        if "CLIPVisionModelWithProjection" not in (found.get("architectures") or []):
+            return None
+        return FileDescription("clip-image-encoder", f"projection {found.get('projection_dim', '?')}", 0, "", {})
+    from ..generation import ip_adapter
+
+    try:
+        state = ip_adapter.read_adapter(str(path))  # strict about the two groups; pickles with weights_only
+        kind = ip_adapter.kind_of(state["image_proj"], str(path))
+        widths = {tuple(v.shape)[-1] for k, v in state["ip_adapter"].items() if k.endswith("to_k_ip.weight")}
+    except UserInputError:
+        return None
+    return FileDescription("ip-adapter", kind, 0, "sdxl" if 2048 in widths else "sd15", {})  # as SparseCtrl
+
+
+def _sparsectrl_channels(path: Path) -> tuple[int, ...] | None:
+    """A ``.safetensors`` SparseCtrl's block widths from its header (``.ckpt`` files are not read twice)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    keys = read_keys(path)
+    widths, i = [], 0
+    while (shape := keys.get(f"down_blocks.{i}.resnets.0.conv2.weight")) is not None:
+        widths.append(shape[0])
+        i += 1
+    return tuple(widths) or None
 
 
 def _candidates(root: Path):
@@ -116,6 +161,7 @@ class Catalog:
         files += [("demo (bundled)", root / "motion_module.safetensors"), ("personal-lora (bundled)", root / "personal-lora.safetensors"),
                   ("domain-adapter (bundled)", root / "domain_adapter.safetensors")]
         files += [(f"{move} (bundled)", root / "motion_loras" / f"{move}.safetensors") for move in CAMERA_MOVES]
+        files += [("sparsectrl (bundled)", root / "sparsectrl.safetensors")]  # when the bundle has one (training export name)
         return [e for label, path in files if path.exists() and (e := _describe(path, label, True))]
 
     def _scanned(self) -> list[Entry]:

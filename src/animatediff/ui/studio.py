@@ -24,7 +24,9 @@ from .safety import IMAGE_TYPES, MAX_UPLOAD_BYTES, VIDEO_TYPES, check_upload, re
 logger = logging.getLogger(__name__)
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GenerationConfig)} - {"prompt"}
-_FILE_FIELDS = {"video", "controlnets"}  # fields that name files: only through uploads and pickers
+_FILE_FIELDS = {"video", "controlnets", "image", "sparsectrl", "keyframes", "ip_adapter", "ip_adapter_image_encoder",
+                "ip_images"}  # fields that name files: only through uploads and pickers
+_UPLOADED = ("video", "image", "keyframes", "ip_images")  # fields a past result cannot refill (the page's uploads)
 _API_KEYS = {"model", "motion_module", "loras", "motion_loras", "adapter", "fps", "format"}
 
 
@@ -116,7 +118,7 @@ class Studio:
             raise UserInputError("needs a motion module", field="motion_loras")
         settings = dict(r.settings)
         for key, value in r.uploads.items():
-            settings[key] = self._upload_field(key, value, model)
+            settings[key] = self._files(key, value, model)
         if r.format not in FORMATS:
             raise UserInputError(f"choose one of {', '.join(FORMATS)}", field="format", value=r.format)
         if not isinstance(r.fps, (int, float)) or isinstance(r.fps, bool) or not 0 < r.fps <= 240:
@@ -132,19 +134,18 @@ class Studio:
         plan.settings = settings
         return plan
 
-    def _upload_field(self, key: str, value, model):
-        """An upload (``("video" | "image", path)``) or the ControlNet units (pickers + uploads) -> checked paths."""
-        if key == "controlnets":
-            nets = []
-            for net in value:
-                net = dict(net)
-                net["path"] = self.catalog.resolve("controlnets", net["path"][1], model)
-                for kind in ("video", "image"):
-                    if kind in net:
-                        net[kind] = self._check_upload(net[kind], "controlnets")
-                nets.append(net)
-            return nets
-        return self._check_upload(value, key)
+    def _files(self, key: str, value, model):
+        """Picker labels (``("picker", label)``, listed under role ``key``) and uploads (``("video" | "image", path)``)
+        anywhere in a field's value (ControlNet units, keyframes, IP-Adapters ...) -> checked server paths."""
+        if isinstance(value, tuple):
+            if value[0] == "picker":
+                return self.catalog.resolve(key, value[1], model)
+            return self._check_upload(value, key)
+        if isinstance(value, list):
+            return [self._files(key, item, model) for item in value]
+        if isinstance(value, dict):
+            return {k: self._files(key, item, model) for k, item in value.items()}
+        return value
 
     def _check_upload(self, value, field_name: str) -> str:
         kind, path = value
@@ -188,8 +189,9 @@ class Studio:
         result = self.outputs.resolve(name)
         if not result.exists():
             raise UserInputError("no such result", field="history", value=name)
-        values = values_from_sidecar(self.outputs.sidecar(result))
-        notes = []
+        sidecar = self.outputs.sidecar(result)
+        values = values_from_sidecar(sidecar)
+        notes = [f"{FIELD_LABELS[k]}: upload again (uploads are not kept)" for k in _UPLOADED if sidecar.get(k)]
         for widget, value in list(values.items()):
             if isinstance(value, tuple) and value[0] == "path":
                 label = self._label_of(value[1])
