@@ -17,12 +17,21 @@ Stages, in order (each skipped when its output already exists in ``--work``, unl
 
 Every stage but the VAE runs the project's own ``animatediff train`` command in a subprocess, with a
 committed recipe from ``animatediff/data/recipes/demo``. ``--steps-scale 0.02`` makes a smoke run.
+
+Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until every v2 stage is trained):
+
+    text-encoder    demo/clip.py: CLIPTextModel + conv image tower, contrastive on rendered world scenes
+    vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
+
+Each v2 stage resumes from ``<work>/runs/<stage>/state.pt`` when it exists (bit-exact), writes its fp16
+result to ``<work>/<stage>/`` and its measurements (steps, time, losses, evaluation) to ``<work>/stages.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +49,7 @@ logger = logging.getLogger("animatediff.demo.build")
 
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
+V2_STAGES = ("text-encoder", "vae-v2")  # family v2 (issue 11), built so far; run with --family v2
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
 NUM_IMAGES, NUM_VIDEOS, NUM_STYLE, CLIPS_PER_MOVE = 1500, 480, 48, 32
@@ -247,6 +257,47 @@ class Builder:
         for marker in elsewhere:
             self.wait_for(marker, str(marker))
 
+    # ---- family v2 (issue 11) -----------------------------------------------------------------------------
+    def _smoke(self) -> bool:
+        return self.steps_scale < 0.1  # a smoke run also shrinks batches and evaluations to seconds
+
+    def stage_text_encoder(self) -> None:
+        from .clip import ClipConfig, save_towers, train_clip, zero_shot_accuracy
+
+        target = self.work / "text-encoder"
+        if self.done("text-encoder", target / "clip_config.json"):
+            return
+        config = ClipConfig(steps=max(2, int(ClipConfig.steps * self.steps_scale)),
+                            **({"batch_size": 16, "pool_size": 64} if self._smoke() else {}))
+        state = train_clip(config, self.runs / "text-encoder")
+        save_towers(state.model, target)
+        scenes = 8 if self._smoke() else 200
+        self.save_record("text-encoder", {
+            "config": dataclasses.asdict(config), "steps": state.step, "seconds": round(state.seconds, 1),
+            "first_loss": state.losses[0], "final_loss": round(float(np.mean(state.losses[-50:])), 4),
+            "zero_shot_single_object": zero_shot_accuracy(state.model, scenes, num_objects=1),
+            "zero_shot_1_to_3_objects": zero_shot_accuracy(state.model, scenes, num_objects=None),
+        })
+
+    def stage_vae_v2(self) -> None:
+        import torch
+
+        from .vae_v2 import VAE2Config, round_trip_accuracy, train
+
+        target = self.work / "vae"
+        if self.done("vae-v2", target / "config.json"):
+            return
+        config = VAE2Config(steps=max(2, int(VAE2Config.steps * self.steps_scale)),
+                            **({"batch_size": 2, "pool_size": 32} if self._smoke() else {}))
+        state = train(config, self.runs / "vae")
+        state.vae.to(torch.float16).save_pretrained(target)
+        self.save_record("vae-v2", {
+            "config": dataclasses.asdict(config), "steps": state.step, "seconds": round(state.seconds, 1),
+            "first_mse": state.losses[0], "final_mse": round(float(np.mean(state.losses[-50:])), 5),
+            "scaling_factor": round(float(state.vae.config.scaling_factor), 5),
+            "round_trip": round_trip_accuracy(state.vae.float(), 4 if self._smoke() else 64),
+        })
+
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:
         from ..weights.convert import processor_lora_to_kohya
@@ -287,8 +338,8 @@ class Builder:
         os.replace(tmp, out)
         logger.info("wrote %s: %.1f MB", out, meta["total_bytes"] / 1e6)
 
-    def run(self, only: list[str] | None) -> None:
-        for stage in STAGES:
+    def run(self, only: list[str] | None, stages: tuple[str, ...] = STAGES) -> None:
+        for stage in stages:
             if only and stage not in only:
                 continue
             logger.info("=== stage %s", stage)
@@ -422,8 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m animatediff.demo.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=package_data("demo"), help="bundle folder (default: the package's data/demo)")
     parser.add_argument("--work", type=Path, default=Path("outputs/demo-build"), help="data, training runs, logs")
-    parser.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
-    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
+    parser.add_argument("--family", choices=("v1", "v2"), default="v1",
+                        help="v1: the bundled family (default); v2: the stages of issue 11 built so far (--work demo-v2)")
+    parser.add_argument("--only", nargs="+", choices=STAGES + V2_STAGES, help="run only these stages")
+    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + V2_STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
                         help="redo these stages even when their outputs exist")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (0.02: smoke run)")
     parser.add_argument("--threads", type=int, default=1,
@@ -437,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)  # this process (VAE stage) imported torch already
     args.work.mkdir(parents=True, exist_ok=True)
-    Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only)
+    Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only, V2_STAGES if args.family == "v2" else STAGES)
     return 0
 
 
