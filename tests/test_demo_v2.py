@@ -32,7 +32,7 @@ def test_clip_towers_shapes_and_loss():
 
 def test_clip_resume_is_bit_exact(tmp_path):
     whole = clip.train_clip(clip.ClipConfig(**TINY_CLIP))
-    clip.train_clip(clip.ClipConfig(**{**TINY_CLIP, "steps": 2}), tmp_path)
+    clip.train_clip(clip.ClipConfig(**TINY_CLIP), tmp_path, stop_at=2)  # interrupted after 2 steps
     resumed = clip.train_clip(clip.ClipConfig(**TINY_CLIP), tmp_path)
     assert resumed.step == 4 and resumed.losses == whole.losses
     for key, value in _weights(whole.model).items():
@@ -53,12 +53,12 @@ def test_clip_towers_save_load_and_zero_shot(tmp_path):
     assert torch.allclose(loaded.similarity(images, texts), model.similarity(images, texts), atol=1e-5)
     result = clip.zero_shot_accuracy(model, num_scenes=3, num_objects=None)
     assert set(result) == {*clip.ATTRIBUTES, "mean", "chance"}
-    assert result["chance"]["shape"] == pytest.approx(0.2) and result["chance"]["background pattern"] == pytest.approx(1 / 3)
+    assert result["chance"]["shape"] == pytest.approx(0.2) and result["chance"]["background pattern"] == pytest.approx(1 / 3, abs=1e-4)
 
 
 def test_vae_v2_resume_is_bit_exact_and_round_trip(tmp_path):
     whole = vae_v2.train(vae_v2.VAE2Config(**TINY_VAE))
-    vae_v2.train(vae_v2.VAE2Config(**{**TINY_VAE, "steps": 2}), tmp_path)
+    vae_v2.train(vae_v2.VAE2Config(**TINY_VAE), tmp_path, stop_at=2)  # interrupted after 2 steps
     resumed = vae_v2.train(vae_v2.VAE2Config(**TINY_VAE), tmp_path)
     assert resumed.losses == whole.losses
     for key, value in _weights(whole.vae).items():
@@ -78,16 +78,21 @@ def test_vae_v2_pool_renders_watermarked_frames():
 def test_motion_lora_training_clips_read_as_their_move(move):
     """The clips the MotionLoRA trainer sees (training data path + augment.camera_move) are measured by eval's
     camera estimator with the right sign and about the right size (the report's camera metric can be met)."""
-    row = camera_check.check_moves(num_clips=1, moves=(move,))[move]
-    assert 0.7 < row["ratio"] < 1.3, row
+    row = camera_check.check_moves(num_clips=3, moves=(move,))[move]
+    assert 0.6 < row["ratio"] < 1.5 and row["accuracy"] >= 2 / 3, row  # one clip's object motion can add ~30 %
 
 
 def test_build_v2_stages_smoke(tmp_path):
     work = tmp_path / "v2"
     assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
     record = json.loads((work / "stages.json").read_text())
-    assert set(record) == {"text-encoder", "vae-v2"}
+    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2"}
     assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
     assert (work / "vae" / "config.json").is_file() and not (tmp_path / "unused").exists()
     assert record["text-encoder"]["steps"] == 20 and "shape" in record["text-encoder"]["zero_shot_single_object"]
     assert record["vae-v2"]["round_trip"]["truth"]["accuracy"] > 0.5
+    assert record["data-v2"]["size"] == 128 and (work / "data" / "clips-ZoomIn.csv").is_file()
+    from animatediff.weights.load import load_base_model  # the v2 init folder loads like any SD1.5 folder
+
+    base = load_base_model(str(work / "init"))
+    assert base.unet.config.sample_size == 16 and base.unet.config.cross_attention_dim == base.text_encoder.config.hidden_size

@@ -22,6 +22,8 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
 
     text-encoder    demo/clip.py: CLIPTextModel + conv image tower, contrastive on rendered world scenes
     vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
+    data-v2         the data stage at 128 px (into <work>/data)
+    init-v2         trained text encoder + v2 VAE + a random UNet at 16x16 latents, as a diffusers folder
 
 Each v2 stage resumes from ``<work>/runs/<stage>/state.pt`` when it exists (bit-exact), writes its fp16
 result to ``<work>/<stage>/`` and its measurements (steps, time, losses, evaluation) to ``<work>/stages.json``.
@@ -49,7 +51,8 @@ logger = logging.getLogger("animatediff.demo.build")
 
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
-V2_STAGES = ("text-encoder", "vae-v2")  # family v2 (issue 11), built so far; run with --family v2
+V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2")  # family v2 (issue 11), built so far: --family v2
+V2_SIZE = 128  # pixels; the v2 VAE's 8x factor gives 16x16 latents
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
 NUM_IMAGES, NUM_VIDEOS, NUM_STYLE, CLIPS_PER_MOVE = 1500, 480, 48, 32
@@ -63,6 +66,7 @@ UNET_CONFIG = dict(  # SD1.5's UNet2DConditionModel structure (4 levels) at toy 
     # trained on it, which take the UNet's value) must agree with it.
     norm_num_groups=32, cross_attention_dim=32, attention_head_dim=4,
 )
+UNET_V2_CONFIG = {**UNET_CONFIG, "sample_size": V2_SIZE // 8, "cross_attention_dim": 64}  # 64: the v2 text width
 TEXT_CONFIG = dict(  # the real CLIP vocabulary (the shipped tokenizer), a 2-layer 32-wide transformer
     vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
@@ -107,24 +111,31 @@ class Builder:
 
     # ---- data --------------------------------------------------------------------------------------
     def stage_data(self) -> None:
+        self._write_data("data", 64, NUM_IMAGES, NUM_STYLE, NUM_VIDEOS, CLIPS_PER_MOVE)
+
+    def stage_data_v2(self) -> None:
+        counts = (8, 2, len(CAMERA_MOVES), 1) if self._smoke() else (NUM_IMAGES, NUM_STYLE, NUM_VIDEOS, CLIPS_PER_MOVE)
+        self._write_data("data-v2", V2_SIZE, *counts)
+
+    def _write_data(self, stage: str, size: int, num_images: int, num_style: int, num_videos: int, per_move: int) -> None:
         from .world import write_dataset
 
-        if self.done("data", self.data / "clips.csv"):
+        if self.done(stage, self.data / "clips.csv"):
             return
         started = time.perf_counter()
-        write_dataset(self.data / "images", NUM_IMAGES, "image", seed=1)
-        write_dataset(self.data / "style", NUM_STYLE, "style", seed=2)
-        write_dataset(self.data / "videos", NUM_VIDEOS, "video", seed=3)
+        write_dataset(self.data / "images", num_images, "image", seed=1, height=size, width=size)
+        write_dataset(self.data / "style", num_style, "style", seed=2, height=size, width=size)
+        write_dataset(self.data / "videos", num_videos, "video", seed=3, height=size, width=size)
         for name in ("images", "style"):  # PNGs: a path,caption CSV (the WebVid CSV names .mp4 files)
             _rewrite_csv(self.data / name / "captions.csv", self.data / f"{name}.csv", ".png")
         _rewrite_csv(self.data / "videos" / "captions.csv", self.data / "videos.csv", ".mp4")
         with open(self.data / "videos.csv") as f:
             rows = list(csv.DictReader(f))
         for i, move in enumerate(CAMERA_MOVES):  # a different few dozen ordinary clips per move (paper §4.3)
-            _write_csv(self.data / f"clips-{move}.csv", rows[i * CLIPS_PER_MOVE:(i + 1) * CLIPS_PER_MOVE])
-        _write_csv(self.data / "clips.csv", rows[:CLIPS_PER_MOVE])
-        self.save_record("data", {"images": NUM_IMAGES, "videos": NUM_VIDEOS, "style_images": NUM_STYLE,
-                                  "clips_per_move": CLIPS_PER_MOVE, "seconds": round(time.perf_counter() - started, 1)})
+            _write_csv(self.data / f"clips-{move}.csv", rows[i * per_move:(i + 1) * per_move])
+        _write_csv(self.data / "clips.csv", rows[:per_move])
+        self.save_record(stage, {"size": size, "images": num_images, "videos": num_videos, "style_images": num_style,
+                                 "clips_per_move": per_move, "seconds": round(time.perf_counter() - started, 1)})
 
     # ---- VAE ---------------------------------------------------------------------------------------
     def stage_vae(self) -> None:
@@ -297,6 +308,24 @@ class Builder:
             "scaling_factor": round(float(state.vae.config.scaling_factor), 5),
             "round_trip": round_trip_accuracy(state.vae.float(), 4 if self._smoke() else 64),
         })
+
+    def stage_init_v2(self) -> None:
+        """The v2 base model before training: trained text encoder and VAE (frozen from here on) + a random UNet."""
+        import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        target = self.work / "init"
+        if self.done("init-v2", target / "model_index.json"):
+            return
+        text_encoder = CLIPTextModel.from_pretrained(self.work / "text-encoder" / "text_encoder", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(self.work / "vae", torch_dtype=torch.float32)
+        config = {**UNET_V2_CONFIG, "cross_attention_dim": text_encoder.config.hidden_size}
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**config)
+        write_diffusers_folder(target, unet, vae, text_encoder)
+        self.save_record("init-v2", {"unet_config": config, "unet_parameters": _count(unet),
+                                     "text_encoder_parameters": _count(text_encoder), "vae_parameters": _count(vae)})
 
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:

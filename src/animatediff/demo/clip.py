@@ -217,7 +217,7 @@ def load_state(folder: Path, config: ClipConfig) -> ClipState:
 
 
 def train_clip(config: ClipConfig, checkpoint: Path | None = None, save_every_seconds: float = 600.0,
-               bf16: bool = False) -> ClipState:
+               bf16: bool = False, stop_at: int | None = None) -> ClipState:
     """Train (or continue, when ``checkpoint/state.pt`` exists) up to ``config.steps`` or ``config.max_seconds``
     of this call; saves to ``checkpoint`` every ``save_every_seconds`` and at the end."""
     state = load_state(checkpoint, config) if checkpoint is not None and (checkpoint / "state.pt").is_file() else new_state(config)
@@ -238,7 +238,7 @@ def train_clip(config: ClipConfig, checkpoint: Path | None = None, save_every_se
     logger.info("clip: %d scenes rendered in %.0f s", pool_size, time.perf_counter() - started)
     model = state.model.train()
     started = last_save = time.perf_counter()
-    while state.step < config.steps:
+    while state.step < min(config.steps, stop_at or config.steps):  # stop_at: an interruption (tests)
         index = torch.randint(0, pool_size, (config.batch_size,), generator=state.generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = contrastive_loss(model, pixels[index], ids[index])
