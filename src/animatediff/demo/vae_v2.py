@@ -37,7 +37,7 @@ class VAE2Config:
     layers_per_block: int = 1
     norm_num_groups: int = 8
     latent_channels: int = 4
-    steps: int = 1500  # 700 steps, then resumed to 1500 (see docs/demo-model.md, v2)
+    steps: int = 3000  # this session: 700 steps, resumed to 1500, then to 3000 (docs/demo-model.md, v2)
     max_seconds: float = 4800.0  # over all resumed runs together
     batch_size: int = 8
     learning_rate: float = 1e-3
