@@ -17,12 +17,23 @@ Stages, in order (each skipped when its output already exists in ``--work``, unl
 
 Every stage but the VAE runs the project's own ``animatediff train`` command in a subprocess, with a
 committed recipe from ``animatediff/data/recipes/demo``. ``--steps-scale 0.02`` makes a smoke run.
+
+Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until every v2 stage is trained):
+
+    text-encoder    demo/clip.py: CLIPTextModel + conv image tower, contrastive on rendered world scenes
+    vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
+    data-v2         the data stage at 128 px (into <work>/data)
+    init-v2         trained text encoder + v2 VAE + a random UNet at 16x16 latents, as a diffusers folder
+
+Each v2 stage resumes from ``<work>/runs/<stage>/state.pt`` when it exists (bit-exact), writes its fp16
+result to ``<work>/<stage>/`` and its measurements (steps, time, losses, evaluation) to ``<work>/stages.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +51,8 @@ logger = logging.getLogger("animatediff.demo.build")
 
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
+V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2")  # family v2 (issue 11), built so far: --family v2
+V2_SIZE = 128  # pixels; the v2 VAE's 8x factor gives 16x16 latents
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
 NUM_IMAGES, NUM_VIDEOS, NUM_STYLE, CLIPS_PER_MOVE = 1500, 480, 48, 32
@@ -53,6 +66,7 @@ UNET_CONFIG = dict(  # SD1.5's UNet2DConditionModel structure (4 levels) at toy 
     # trained on it, which take the UNet's value) must agree with it.
     norm_num_groups=32, cross_attention_dim=32, attention_head_dim=4,
 )
+UNET_V2_CONFIG = {**UNET_CONFIG, "sample_size": V2_SIZE // 8, "cross_attention_dim": 64}  # 64: the v2 text width
 TEXT_CONFIG = dict(  # the real CLIP vocabulary (the shipped tokenizer), a 2-layer 32-wide transformer
     vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
@@ -97,24 +111,31 @@ class Builder:
 
     # ---- data --------------------------------------------------------------------------------------
     def stage_data(self) -> None:
+        self._write_data("data", 64, NUM_IMAGES, NUM_STYLE, NUM_VIDEOS, CLIPS_PER_MOVE)
+
+    def stage_data_v2(self) -> None:
+        counts = (8, 2, len(CAMERA_MOVES), 1) if self._smoke() else (NUM_IMAGES, NUM_STYLE, NUM_VIDEOS, CLIPS_PER_MOVE)
+        self._write_data("data-v2", V2_SIZE, *counts)
+
+    def _write_data(self, stage: str, size: int, num_images: int, num_style: int, num_videos: int, per_move: int) -> None:
         from .world import write_dataset
 
-        if self.done("data", self.data / "clips.csv"):
+        if self.done(stage, self.data / "clips.csv"):
             return
         started = time.perf_counter()
-        write_dataset(self.data / "images", NUM_IMAGES, "image", seed=1)
-        write_dataset(self.data / "style", NUM_STYLE, "style", seed=2)
-        write_dataset(self.data / "videos", NUM_VIDEOS, "video", seed=3)
+        write_dataset(self.data / "images", num_images, "image", seed=1, height=size, width=size)
+        write_dataset(self.data / "style", num_style, "style", seed=2, height=size, width=size)
+        write_dataset(self.data / "videos", num_videos, "video", seed=3, height=size, width=size)
         for name in ("images", "style"):  # PNGs: a path,caption CSV (the WebVid CSV names .mp4 files)
             _rewrite_csv(self.data / name / "captions.csv", self.data / f"{name}.csv", ".png")
         _rewrite_csv(self.data / "videos" / "captions.csv", self.data / "videos.csv", ".mp4")
         with open(self.data / "videos.csv") as f:
             rows = list(csv.DictReader(f))
         for i, move in enumerate(CAMERA_MOVES):  # a different few dozen ordinary clips per move (paper §4.3)
-            _write_csv(self.data / f"clips-{move}.csv", rows[i * CLIPS_PER_MOVE:(i + 1) * CLIPS_PER_MOVE])
-        _write_csv(self.data / "clips.csv", rows[:CLIPS_PER_MOVE])
-        self.save_record("data", {"images": NUM_IMAGES, "videos": NUM_VIDEOS, "style_images": NUM_STYLE,
-                                  "clips_per_move": CLIPS_PER_MOVE, "seconds": round(time.perf_counter() - started, 1)})
+            _write_csv(self.data / f"clips-{move}.csv", rows[i * per_move:(i + 1) * per_move])
+        _write_csv(self.data / "clips.csv", rows[:per_move])
+        self.save_record(stage, {"size": size, "images": num_images, "videos": num_videos, "style_images": num_style,
+                                 "clips_per_move": per_move, "seconds": round(time.perf_counter() - started, 1)})
 
     # ---- VAE ---------------------------------------------------------------------------------------
     def stage_vae(self) -> None:
@@ -247,6 +268,65 @@ class Builder:
         for marker in elsewhere:
             self.wait_for(marker, str(marker))
 
+    # ---- family v2 (issue 11) -----------------------------------------------------------------------------
+    def _smoke(self) -> bool:
+        return self.steps_scale < 0.1  # a smoke run also shrinks batches and evaluations to seconds
+
+    def stage_text_encoder(self) -> None:
+        from .clip import ClipConfig, save_towers, train_clip, zero_shot_accuracy
+
+        target = self.work / "text-encoder"
+        if self.done("text-encoder", target / "clip_config.json"):
+            return
+        config = ClipConfig(steps=max(2, int(ClipConfig.steps * self.steps_scale)),
+                            **({"batch_size": 16, "pool_size": 64} if self._smoke() else {}))
+        state = train_clip(config, self.runs / "text-encoder")
+        save_towers(state.model, target)
+        scenes = 8 if self._smoke() else 200
+        self.save_record("text-encoder", {
+            "config": dataclasses.asdict(config), "steps": state.step, "seconds": round(state.seconds, 1),
+            "first_loss": state.losses[0], "final_loss": round(float(np.mean(state.losses[-50:])), 4),
+            "zero_shot_single_object": zero_shot_accuracy(state.model, scenes, num_objects=1),
+            "zero_shot_1_to_3_objects": zero_shot_accuracy(state.model, scenes, num_objects=None),
+        })
+
+    def stage_vae_v2(self) -> None:
+        import torch
+
+        from .vae_v2 import VAE2Config, round_trip_accuracy, train
+
+        target = self.work / "vae"
+        if self.done("vae-v2", target / "config.json"):
+            return
+        config = VAE2Config(steps=max(2, int(VAE2Config.steps * self.steps_scale)),
+                            **({"batch_size": 2, "pool_size": 32} if self._smoke() else {}))
+        state = train(config, self.runs / "vae")
+        state.vae.to(torch.float16).save_pretrained(target)
+        self.save_record("vae-v2", {
+            "config": dataclasses.asdict(config), "steps": state.step, "seconds": round(state.seconds, 1),
+            "first_mse": state.losses[0], "final_mse": round(float(np.mean(state.losses[-50:])), 5),
+            "scaling_factor": round(float(state.vae.config.scaling_factor), 5),
+            "round_trip": round_trip_accuracy(state.vae.float(), 4 if self._smoke() else 64),
+        })
+
+    def stage_init_v2(self) -> None:
+        """The v2 base model before training: trained text encoder and VAE (frozen from here on) + a random UNet."""
+        import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        target = self.work / "init"
+        if self.done("init-v2", target / "model_index.json"):
+            return
+        text_encoder = CLIPTextModel.from_pretrained(self.work / "text-encoder" / "text_encoder", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(self.work / "vae", torch_dtype=torch.float32)
+        config = {**UNET_V2_CONFIG, "cross_attention_dim": text_encoder.config.hidden_size}
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**config)
+        write_diffusers_folder(target, unet, vae, text_encoder)
+        self.save_record("init-v2", {"unet_config": config, "unet_parameters": _count(unet),
+                                     "text_encoder_parameters": _count(text_encoder), "vae_parameters": _count(vae)})
+
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:
         from ..weights.convert import processor_lora_to_kohya
@@ -287,8 +367,8 @@ class Builder:
         os.replace(tmp, out)
         logger.info("wrote %s: %.1f MB", out, meta["total_bytes"] / 1e6)
 
-    def run(self, only: list[str] | None) -> None:
-        for stage in STAGES:
+    def run(self, only: list[str] | None, stages: tuple[str, ...] = STAGES) -> None:
+        for stage in stages:
             if only and stage not in only:
                 continue
             logger.info("=== stage %s", stage)
@@ -422,8 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m animatediff.demo.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=package_data("demo"), help="bundle folder (default: the package's data/demo)")
     parser.add_argument("--work", type=Path, default=Path("outputs/demo-build"), help="data, training runs, logs")
-    parser.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages")
-    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
+    parser.add_argument("--family", choices=("v1", "v2"), default="v1",
+                        help="v1: the bundled family (default); v2: the stages of issue 11 built so far (--work demo-v2)")
+    parser.add_argument("--only", nargs="+", choices=STAGES + V2_STAGES, help="run only these stages")
+    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + V2_STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
                         help="redo these stages even when their outputs exist")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (0.02: smoke run)")
     parser.add_argument("--threads", type=int, default=1,
@@ -437,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)  # this process (VAE stage) imported torch already
     args.work.mkdir(parents=True, exist_ok=True)
-    Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only)
+    Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only, V2_STAGES if args.family == "v2" else STAGES)
     return 0
 
 

@@ -1,0 +1,98 @@
+"""Demo family v2 (issue 11): the contrastive text encoder, the 128 px VAE, their build stages, and the MotionLoRA
+diagnosis (the training path's camera moves read correctly by eval's estimator)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from animatediff.demo import build, camera_check, clip, vae_v2
+
+TINY_CLIP = dict(image_size=32, text_width=16, text_layers=1, text_heads=2, image_channels=(8, 8), projection_dim=8,
+                 batch_size=4, steps=4, pool_size=16, warmup_steps=2)
+TINY_VAE = dict(image_size=32, block_out_channels=(8, 8), norm_num_groups=4, batch_size=2, steps=4, pool_size=8)
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_clip_towers_shapes_and_loss():
+    config = clip.ClipConfig(**TINY_CLIP)
+    model = clip.build_towers(config)
+    images, ids = torch.rand(3, 3, 32, 32) * 2 - 1, clip.tokenize(["a red circle"] * 3, config.max_tokens)
+    assert ids.shape == (3, config.max_tokens) and ids[0, 0] == 49406  # BOS of the real CLIP vocabulary
+    assert model.encode_image(images).shape == model.encode_text(ids).shape == (3, 8)
+    assert model.encode_image(torch.rand(2, 3, 64, 64)).shape == (2, 8)  # larger images are resized
+    assert torch.isfinite(clip.contrastive_loss(model, images, ids))
+
+
+def test_clip_resume_is_bit_exact(tmp_path):
+    whole = clip.train_clip(clip.ClipConfig(**TINY_CLIP))
+    clip.train_clip(clip.ClipConfig(**TINY_CLIP), tmp_path, stop_at=2)  # interrupted after 2 steps
+    resumed = clip.train_clip(clip.ClipConfig(**TINY_CLIP), tmp_path)
+    assert resumed.step == 4 and resumed.losses == whole.losses
+    for key, value in _weights(whole.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="another ClipConfig"):
+        clip.train_clip(clip.ClipConfig(**{**TINY_CLIP, "text_layers": 2}), tmp_path)
+
+
+def test_clip_towers_save_load_and_zero_shot(tmp_path):
+    from transformers import CLIPTextModel
+
+    model = clip.train_clip(clip.ClipConfig(**TINY_CLIP)).model
+    clip.save_towers(model, tmp_path, dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(tmp_path / "text_encoder")  # what a base model's folder takes
+    assert text.config.hidden_size == 16
+    loaded = clip.load_towers(tmp_path)
+    images, texts = torch.rand(2, 3, 32, 32) * 2 - 1, ["a red circle on a blue striped background", "a star"]
+    assert torch.allclose(loaded.similarity(images, texts), model.similarity(images, texts), atol=1e-5)
+    result = clip.zero_shot_accuracy(model, num_scenes=3, num_objects=None)
+    assert set(result) == {*clip.ATTRIBUTES, "mean", "chance"}
+    assert result["chance"]["shape"] == pytest.approx(0.2) and result["chance"]["background pattern"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_vae_v2_resume_is_bit_exact_and_round_trip(tmp_path):
+    whole = vae_v2.train(vae_v2.VAE2Config(**TINY_VAE))
+    vae_v2.train(vae_v2.VAE2Config(**TINY_VAE), tmp_path, stop_at=2)  # interrupted after 2 steps
+    resumed = vae_v2.train(vae_v2.VAE2Config(**TINY_VAE), tmp_path)
+    assert resumed.losses == whole.losses
+    for key, value in _weights(whole.vae).items():
+        assert torch.equal(value, resumed.vae.state_dict()[key]), key
+    assert resumed.vae.config.scaling_factor == whole.vae.config.scaling_factor != 1.0
+    result = vae_v2.round_trip_accuracy(whole.vae, num_images=2, size=32)
+    assert set(result) == {"truth", "round_trip", "mse"} and 0 <= result["round_trip"]["accuracy"] <= 1
+
+
+def test_vae_v2_pool_renders_watermarked_frames():
+    images = vae_v2.render_pool(12, 32, seed=0)
+    assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, vae_v2.render_pool(12, 32, seed=0))  # deterministic: the cache may be dropped
+
+
+@pytest.mark.parametrize("move", ["PanLeft", "TiltUp", "ZoomIn", "RollingClockwise"])
+def test_motion_lora_training_clips_read_as_their_move(move):
+    """The clips the MotionLoRA trainer sees (training data path + augment.camera_move) are measured by eval's
+    camera estimator with the right sign and about the right size (the report's camera metric can be met)."""
+    row = camera_check.check_moves(num_clips=3, moves=(move,))[move]
+    assert 0.6 < row["ratio"] < 1.5 and row["accuracy"] >= 2 / 3, row  # one clip's object motion can add ~30 %
+
+
+def test_build_v2_stages_smoke(tmp_path):
+    work = tmp_path / "v2"
+    assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
+    record = json.loads((work / "stages.json").read_text())
+    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2"}
+    assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
+    assert (work / "vae" / "config.json").is_file() and not (tmp_path / "unused").exists()
+    assert record["text-encoder"]["steps"] == 20 and "shape" in record["text-encoder"]["zero_shot_single_object"]
+    assert record["vae-v2"]["round_trip"]["truth"]["accuracy"] > 0.5
+    assert record["data-v2"]["size"] == 128 and (work / "data" / "clips-ZoomIn.csv").is_file()
+    from animatediff.weights.load import load_base_model  # the v2 init folder loads like any SD1.5 folder
+
+    base = load_base_model(str(work / "init"))
+    assert base.unet.config.sample_size == 16 and base.unet.config.cross_attention_dim == base.text_encoder.config.hidden_size
