@@ -16,6 +16,7 @@ from ..sampling.freeinit import check_fields as check_freeinit_fields
 from ..sampling.freenoise import check_fields as check_freenoise_fields
 from ..sampling.schedulers import check_preset, check_scheduler, sampling_defaults
 from . import prompt_travel
+from .vae import check_tiling_field
 
 
 @dataclass
@@ -80,6 +81,9 @@ class GenerationConfig:
     video: str | None = None  # video-to-video input: GIF, MP4, WebP or a folder of PNG frames
     strength: float | None = None  # video-to-video: the last int(steps * strength) steps run; None: 0.8
 
+    # ---- speed (generation/vae.py): tiled, sliced VAE decode/encode ----
+    vae_tiling: bool = False  # decode/encode one frame at a time in 256x256-pixel tiles: fixed VAE memory at any size
+
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
         preset = self.scheduler_preset or default_preset
@@ -141,6 +145,7 @@ class GenerationConfig:
         check_freeinit_fields(self)
         prompt_travel.check_config(self)
         check_control_fields(self)
+        check_tiling_field(self)  # speed: vae_tiling
 
 
 def check_control_fields(config: GenerationConfig) -> None:
