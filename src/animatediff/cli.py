@@ -46,6 +46,7 @@ FIELD_FLAGS = {
     "prompt_map": "--prompt-map", "prompt_map_file": "--prompt-map-file", "negative_prompt_map": "--negative-prompt-map",
     "prompt_interpolation": "--prompt-interpolation", "prompt_wrap": "--prompt-wrap", "head_prompt": "--head-prompt",
     "tail_prompt": "--tail-prompt", "motion_scale": "--motion-scale", "motion_effect": "--motion-effect",
+    "vae_tiling": "--vae-tiling",  # speed (add_speed_args)
 }
 
 
@@ -127,11 +128,9 @@ def resolve_device(name: str) -> str:
 
 
 def _dtype(name: str, device: str):
-    import torch
+    from .generation.precision import resolve_dtype  # speed (--dtype auto): the rule lives there
 
-    if name == "auto":
-        name = "float16" if device.startswith("cuda") else "float32"
-    return getattr(torch, name)
+    return resolve_dtype(name, device)
 
 
 def _settings_from_flags(args: argparse.Namespace) -> dict:
@@ -139,7 +138,7 @@ def _settings_from_flags(args: argparse.Namespace) -> dict:
     mapping = {
         "frames": "num_frames", "width": "width", "height": "height", "steps": "steps", "guidance": "guidance_scale",
         "seed": "seed", "scheduler": "scheduler", "scheduler_preset": "scheduler_preset", "decode_chunk_size": "decode_chunk_size",
-        **{name: name for name in (*CONTEXT_FLAGS, *FREENOISE_FREEINIT_FIELDS)},  # flags whose dest is the field
+        **{name: name for name in (*CONTEXT_FLAGS, *FREENOISE_FREEINIT_FIELDS, *SPEED_FIELDS)},  # flags whose dest is the field
     }
     settings = {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
     if settings.get("seed") == -1:
@@ -311,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true",
                      help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default auto: cuda if available, else cpu)")
-    gen.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES, help=", ".join(DTYPES) + " (auto: float16 on CUDA)")
+    gen.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES, help=", ".join(DTYPES) + " (auto: float16 on CUDA, bfloat16 on CPUs with AMX, else float32)")
     add_context_args(gen)
     add_freenoise_freeinit_args(gen)
     gen.set_defaults(func=run_generate)
@@ -326,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ip_adapter_args(gen)
     add_sparsectrl_args(gen)
     add_batch_args(gen)
+    add_speed_args(gen)
     add_train_parser(sub)
     add_eval_parser(sub)
     add_ui_parser(sub)
@@ -377,6 +377,18 @@ CONTEXT_FLAGS = {"context": "--context", "context_length": "--context-length", "
                  "context_stride": "--context-stride", "context_fuse": "--context-fuse", "closed_loop": "--closed-loop",
                  "context_batch": "--context-batch"}  # GenerationConfig field -> flag (each flag's dest is the field)
 FIELD_FLAGS.update(CONTEXT_FLAGS)
+
+
+# ---- speed: tiled VAE ------------------------------------------------------------------------------------------
+SPEED_FIELDS = ("vae_tiling",)  # flags whose dest is their GenerationConfig field
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    """``generate``'s speed/memory flags (``--dtype`` and ``--device`` are the model's, above)."""
+    group = parser.add_argument_group("speed and memory")
+    group.add_argument("--vae-tiling", dest="vae_tiling", action="store_true", default=None,
+                       help="decode (and encode) one frame at a time in overlapping 256x256-pixel tiles: the VAE's memory "
+                            "stays that of one tile at any size (pixels differ slightly at tile seams; default off)")
 
 
 def add_context_args(parser: argparse.ArgumentParser) -> None:

@@ -66,18 +66,53 @@ class VersatileAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])  # "to_out.0" as in the checkpoints
         self.pos_encoder = PositionalEncoding(dim, max_len) if max_len else None
         self.key_scale: torch.Tensor | None = None  # motion_scale (b, f), set only inside MotionModules.controls
+        self._fused: torch.Tensor | None = None  # (3c, c) storage of to_q/to_k/to_v once fused (qkv_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
         if self.pos_encoder is not None:
             x = self.pos_encoder(x)
         n, f, c = x.shape
-        # (b h w, f, c) -> (b h w, heads, f, c / heads)
-        q, k, v = (proj(x).view(n, f, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        if self._unfused():
+            # (b h w, f, c) -> (b h w, heads, f, c / heads)
+            q, k, v = (proj(x).view(n, f, self.heads, c // self.heads).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        else:
+            # one (3c, c) matmul; (b h w, f, 3c) -> 3 x (b h w, heads, f, c / heads), strided views (SDPA takes them as
+            # they are: a .contiguous() copy measured slower)
+            qkv = F.linear(x, self.qkv_weight()).view(n, f, 3, self.heads, c // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.key_scale is not None:
             k = self._scale_keys(k)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
         out = out.transpose(1, 2).reshape(n, f, c)  # merge heads back
         return self.to_out[1](self.to_out[0](out))
+
+    # ---- fused Q/K/V projection ------------------------------------------------------------------------------
+    def _unfused(self) -> bool:
+        """Run the three projections separately: while training them (autograd must reach each Parameter) and
+        while anything hooks them (MotionLoRA training attaches its LoRA pairs as forward hooks on to_q/k/v)."""
+        projections = (self.to_q, self.to_k, self.to_v)
+        if torch.is_grad_enabled() and any(p.weight.requires_grad for p in projections):
+            return True
+        return any(p._forward_hooks or p._forward_pre_hooks for p in projections)
+
+    def qkv_weight(self) -> torch.Tensor:
+        """``(3c, c)``: to_q, to_k and to_v weights stacked, with no copy per call.
+
+        Fused on first use: one tensor is allocated and the three Parameters become views of its thirds
+        (``Parameter.data`` is replaced, the Parameter objects and their state-dict keys stay), so in-place
+        changes to them (LoRA merges, ``load_state_dict``) are seen here. Anything that gives them new
+        storage (``.to(dtype)``, assigning loads) is detected and fused again."""
+        parts = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
+        if self._fused is None or not _stacked_views(self._fused, parts):
+            fused = torch.cat([p.detach() for p in parts])  # (3c, c)
+            for i, p in enumerate(parts):
+                p.data = fused[i * p.shape[0] : (i + 1) * p.shape[0]]
+            self._fused = fused
+        return self._fused
+
+    def _apply(self, fn, recurse=True):
+        self._fused = None  # .to()/.half() give the Parameters new storage: let the old fused copy go now
+        return super()._apply(fn, recurse)
 
     def _scale_keys(self, k: torch.Tensor) -> torch.Tensor:
         """motion_scale: frame j's key times ``s[b, j]``, so every logit ``q_i . k_j`` is times it (an inverse
@@ -88,6 +123,16 @@ class VersatileAttention(nn.Module):
             raise ValueError(f"motion_scale is for {b} clips x {f} frames, the attention sees {frames} frames ({n} rows)")
         scale = self.key_scale.to(k.dtype).view(b, 1, 1, f, 1)
         return (k.view(b, n // b, heads, f, d) * scale).view(n, heads, f, d)  # (b h w) ... -> b (h w) ... and back
+
+
+def _stacked_views(fused: torch.Tensor, parts: Sequence[torch.Tensor]) -> bool:
+    """Whether ``parts`` are still the consecutive contiguous slices of ``fused`` (``qkv_weight``)."""
+    offset = fused.data_ptr()
+    for p in parts:
+        if p.dtype != fused.dtype or p.device != fused.device or not p.is_contiguous() or p.data_ptr() != offset:
+            return False
+        offset += p.numel() * p.element_size()
+    return True
 
 
 class TemporalTransformerBlock(nn.Module):

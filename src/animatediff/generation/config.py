@@ -16,6 +16,7 @@ from ..sampling.freeinit import check_fields as check_freeinit_fields
 from ..sampling.freenoise import check_fields as check_freenoise_fields
 from ..sampling.schedulers import check_preset, check_scheduler, check_steps, sampling_defaults
 from . import prompt_travel
+from .vae import check_tiling_field
 
 
 @dataclass
@@ -95,6 +96,8 @@ class GenerationConfig:
     sparsectrl_start: float = 0.0  # fractions of the steps run: the encoder runs in [start, end)
     sparsectrl_end: float = 1.0
     sparsectrl_normalize: bool = False  # keyframes to grey, min-max [0, 1] (official normalize_condition_images)
+    # ---- speed (generation/vae.py): tiled, sliced VAE decode/encode ----
+    vae_tiling: bool = False  # decode/encode one frame at a time in 256x256-pixel tiles: fixed VAE memory at any size
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -169,6 +172,7 @@ class GenerationConfig:
         prompt_travel.check_config(self)
         check_control_fields(self)
         check_image_fields(self)
+        check_tiling_field(self)  # speed: vae_tiling
 
 
 def check_control_fields(config: GenerationConfig) -> None:

@@ -225,11 +225,15 @@ class AnimationPipeline:
         logger.info("generated %d x %d frames at %dx%d in %.1fs", config.num_videos, config.num_frames,
                     config.width, config.height, timings["total"])
         models = {"base_model": self.base.source, "motion_preset": self.motion.config.name if self.motion is not None else None}
+        # speed: the device and dtypes this clip was really computed in (--dtype auto resolves per machine)
+        models.update(device=str(self.unet.device), dtype=str(self.unet.dtype).removeprefix("torch."),
+                      vae_dtype=str(vae_io.decode_dtype(self.base.vae)).removeprefix("torch."))
         if video or hints or keyframes:  # input files with hashes, frame counts, the video's fps
             models["inputs"] = {"video": video, "controlnets": hints, **({"sparsectrl": keyframes} if keyframes else {})}
         if image or ip_info:  # issue 12: the still and the IP-Adapter files and images, with hashes
             models.setdefault("inputs", {}).update({k: v for k, v in (("image", image), ("ip_adapter", ip_info)) if v})
-        decoder = partial(vae_io.decode_chunks, self.base.vae, latents, config.decode_chunk_size)  # frames on demand
+        tile = vae_io.TILE if config.vae_tiling else None  # speed: tiled, sliced VAE
+        decoder = partial(vae_io.decode_chunks, self.base.vae, latents, config.decode_chunk_size, tile=tile)  # frames on demand
         return GenerationResult(latents=latents, seed=config.seed, config=config, timings=timings, models=models, decoder=decoder)
 
 

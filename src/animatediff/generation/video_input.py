@@ -175,7 +175,8 @@ def init_latents(vae, config, generator: torch.Generator) -> tuple[torch.Tensor 
     frames = frames.permute(1, 0, 2, 3)[None].repeat(config.num_videos, 1, 1, 1, 1)  # f c H W -> b c f H W
     from . import vae as vae_io
 
-    z0 = vae_io.encode(vae, frames, config.decode_chunk_size, generator=generator, sample=True)
+    z0 = vae_io.encode(vae, frames, config.decode_chunk_size, generator=generator, sample=True,
+                       tile=vae_io.TILE if config.vae_tiling else None)  # speed: tiled, sliced VAE
     strength = config.strength if config.strength is not None else DEFAULT_STRENGTH
     start_step = config.steps - steps_to_run(config.steps, strength)
     from ..weights.files import file_sha256
