@@ -95,6 +95,30 @@ def test_batch_never_replaces_a_foreign_file(tmp_path, capsys):
     assert (out / "0-a-red-circle-seed3.gif").read_text() == "my notes" and len(list(out.iterdir())) == 1
 
 
+def test_batch_refuses_a_folder_of_the_users_files(tmp_path, capsys, monkeypatch):
+    """A batch never writes beside the user's own files (a fresh user's `--jobs p.txt --out thesis_dir` ran): one
+    error line before any model loads, nothing written; a re-run folder of our own outputs is fine."""
+    from animatediff import batch
+    from animatediff.api import Animator
+
+    jobs = tmp_path / "p.txt"
+    jobs.write_text("a red circle\n")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.docx").write_text("years of work")
+    monkeypatch.setattr(Animator, "load", classmethod(lambda *a, **k: pytest.fail("loaded a model")))
+    assert main(["-q", "generate", "--jobs", str(jobs), "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "thesis.docx" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.docx"]
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    for name in ("0-a-red-circle-seed3.gif", "0-a-red-circle-seed3.gif.json", "12-x.mp4"):
+        (ours / name).write_text("")
+    batch.check_batch_folder(ours)  # a batch's own outputs: a re-run resumes there
+    batch.check_batch_folder(out, overwrite=True)
+
+
 def test_jobs_with_a_prompt_or_config_is_refused(tmp_path, capsys):
     assert main(["generate", "a prompt", "--jobs", str(tmp_path / "p.txt")]) == 2
     assert "give one of a PROMPT, --config FILE.yaml or --jobs FILE" in capsys.readouterr().err

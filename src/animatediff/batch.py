@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -159,9 +160,28 @@ def job_state(job: GenerateJob, config, fps: float) -> tuple[str, str]:
     return "different", ""
 
 
+_BATCH_ENTRY = re.compile(r"\d+-[\w-]+(\.gif|\.webp|\.mp4)?(\.json)?")  # <i>-<slug>[-seed<S>][.gif][.json]
+
+
+def check_batch_folder(folder: Path, overwrite: bool = False) -> None:
+    """A batch writes into a new folder, an empty one, or one holding only a batch's own outputs
+    (``<i>-<words>.gif`` and their sidecars, a re-run resumes there); a folder of anything else is the user's and
+    is refused (``UserInputError`` field ``out``) unless ``overwrite`` (which still replaces only our outputs)."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if not _BATCH_ENTRY.fullmatch(p.name))
+    if foreign and not overwrite:
+        examples = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserInputError(f"the folder exists and holds {len(foreign)} entries that are not this program's batch "
+                             f"outputs ({examples}); choose a new folder, or overwrite to write beside them (they "
+                             "are never touched; nothing was written)", field="out", value=folder)
+
+
 def plan(jobs: list[GenerateJob], configs: list, fps: float, overwrite: bool = False) -> list[int]:
     """Indices of the jobs still to run; every output target is checked (``check_output``) first, and an output
     written with other settings is refused (``UserInputError`` field ``out``) unless ``overwrite``."""
+    for folder in sorted({Path(job.out).parent for job in jobs}):
+        check_batch_folder(folder, overwrite)
     pending = []
     for i, (job, config) in enumerate(zip(jobs, configs)):
         state, detail = job_state(job, config, fps)

@@ -187,10 +187,11 @@ def run_generate(args: argparse.Namespace) -> int:
             Path("outputs") / _same_everywhere(f"{Path(source).stem}-{time.strftime('%Y%m%d-%H%M%S')}", state)
         suffix = ".gif"
         if out_dir.suffix:
-            raise UserInputError("with --config, --out is a folder (one file per prompt)", field="out", value=out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserInputError("exists and is a file; with --config, --out is a folder (one file per prompt)",
+            raise UserInputError(f"with {'--config' if args.config else '--jobs'}, --out is a folder (one file per prompt)",
                                  field="out", value=out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserInputError(f"exists and is a file; with {'--config' if args.config else '--jobs'}, --out is a folder "
+                                 "(one file per prompt)", field="out", value=out_dir)
         for i, job in enumerate(jobs):
             job.loras += loras
             job.motion_loras += motion_loras
