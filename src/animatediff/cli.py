@@ -254,7 +254,9 @@ def _run_jobs(jobs, configs, args, device: str) -> int:
             key = (job.model, job.motion_module)
             if key != loaded:
                 animator = None  # free the previous model before loading the next one
-                logger.info("loading %s + %s", job.model, job.motion_module or "no motion module")
+                bundled = job.model is None  # no --model: Animator.load takes the bundled demo family
+                logger.info("loading %s + %s", job.model or "the bundled demo model",
+                            job.motion_module or ("its motion module" if bundled else "no motion module"))
                 animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset,
                                          max_frames=args.max_frames, dtype=dtype, device=device, model_config=args.model_config)
                 loaded = key

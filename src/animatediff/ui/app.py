@@ -238,11 +238,12 @@ def _owner(request: gr.Request | None) -> str | None:
 
 def launch(studio: Studio, host: str = "127.0.0.1", port: int | None = None, max_upload_bytes: int | None = None,
            block: bool = True) -> gr.Blocks:
-    """Serve the page (never a public share link). ``block=False`` returns at once (tests: ``demo.local_url``,
+    """Serve the page (never a public share link; Gradio's own start-up text, which suggests one, is silenced:
+    ``animatediff ui`` logs the address itself). ``block=False`` returns at once (tests: ``demo.local_url``,
     ``demo.close()``)."""
     demo = build(studio)
     demo.queue(max_size=studio.queue.max_queue * 4 + 16, default_concurrency_limit=None)  # ours is the real bound
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
                 allowed_paths=[str(studio.outputs.root)], max_file_size=max_upload_bytes, show_error=False,
-                quiet=not block, ssr_mode=False, mcp_server=False, footer_links=["api"], css=CSS)
+                quiet=True, ssr_mode=False, mcp_server=False, footer_links=["api"], css=CSS)
     return demo
