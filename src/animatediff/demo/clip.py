@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import world
+from . import trainer_state, world
 
 logger = logging.getLogger(__name__)
 
@@ -191,28 +191,12 @@ def new_state(config: ClipConfig) -> ClipState:
 
 def save_state(state: ClipState, folder: Path) -> None:
     """Everything an exact resume needs (fp32 weights, AdamW, schedule, batch generator, losses)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "state.pt.tmp"
-    torch.save({"config": dataclasses.asdict(state.model.config), "model": state.model.state_dict(),
-                "optimizer": state.optimizer.state_dict(), "schedule": state.schedule.state_dict(),
-                "generator": state.generator.get_state(), "step": state.step, "losses": state.losses,
-                "seconds": state.seconds}, tmp)
-    tmp.replace(folder / "state.pt")
+    trainer_state.save(folder, dataclasses.asdict(state.model.config), state.model, state)
 
 
 def load_state(folder: Path, config: ClipConfig) -> ClipState:
-    saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-    def comparable(values: dict) -> dict:  # steps and the time budget may grow on a resume; nothing else
-        return {**json.loads(json.dumps(values)), "steps": 0, "max_seconds": 0}
-
-    if comparable(saved["config"]) != comparable(dataclasses.asdict(config)):
-        raise ValueError(f"{folder} was trained with another ClipConfig; not resuming it")
     state = new_state(config)
-    state.model.load_state_dict(saved["model"], strict=True)
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.schedule.load_state_dict(saved["schedule"])
-    state.generator.set_state(saved["generator"])
-    state.step, state.losses, state.seconds = saved["step"], saved["losses"], saved["seconds"]
+    trainer_state.restore(folder, dataclasses.asdict(config), state.model, state, "ClipConfig")
     return state
 
 

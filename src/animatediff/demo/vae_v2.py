@@ -14,7 +14,6 @@ Objective as in v1: MSE + L1 of the reconstruction from a posterior sample + 1e-
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import scores, world
+from . import scores, trainer_state, world
 from .vae import VAEConfig, build_vae, latent_statistics, to_pixels
 
 logger = logging.getLogger(__name__)
@@ -90,30 +89,13 @@ def new_state(config: VAE2Config):
     return VAE2State(vae.train(), optimizer, schedule, torch.Generator().manual_seed(config.seed), config)
 
 
-def _comparable(values: dict) -> dict:  # steps and the time budget may grow on a resume; nothing else
-    return {**json.loads(json.dumps(values)), "steps": 0, "max_seconds": 0}
-
-
 def save_state(state: VAE2State, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "state.pt.tmp"
-    torch.save({"config": dataclasses.asdict(state.config), "model": state.vae.state_dict(),
-                "optimizer": state.optimizer.state_dict(), "schedule": state.schedule.state_dict(),
-                "generator": state.generator.get_state(), "step": state.step, "losses": state.losses,
-                "seconds": state.seconds}, tmp)
-    tmp.replace(folder / "state.pt")
+    trainer_state.save(folder, dataclasses.asdict(state.config), state.vae, state)
 
 
 def load_state(folder: Path, config: VAE2Config) -> VAE2State:
-    saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-    if _comparable(saved["config"]) != _comparable(dataclasses.asdict(config)):
-        raise ValueError(f"{folder} was trained with another VAE2Config; not resuming it")
     state = new_state(config)
-    state.vae.load_state_dict(saved["model"], strict=True)
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.schedule.load_state_dict(saved["schedule"])
-    state.generator.set_state(saved["generator"])
-    state.step, state.losses, state.seconds = saved["step"], saved["losses"], saved["seconds"]
+    trainer_state.restore(folder, dataclasses.asdict(config), state.vae, state, "VAE2Config")
     return state
 
 
