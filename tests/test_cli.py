@@ -253,6 +253,10 @@ BAD_OPTIONS = {  # name -> (extra flags, words the error line must hold)
     "fps garbage": (["--fps", "fast"], ["--fps", "fast"]),
     "fps 1/0": (["--fps", "1/0"], ["--fps", "1/0"]),
     "fps nan": (["--fps", "nan"], ["--fps", "nan"]),
+    # settings that need no model are refused before it loads (a fresh user waited for the load to hear --steps 0)
+    "steps 0": (["--steps", "0"], ["--steps", "0"]),
+    "frames 0": (["--frames", "0"], ["--frames", "0"]),
+    "guidance -1": (["--guidance", "-1"], ["--guidance", "-1"]),
 }
 
 

@@ -219,6 +219,7 @@ def run_generate(args: argparse.Namespace) -> int:
     for job in jobs:
         with _named_in_recipe(job, args.config):
             configs.append(GenerationConfig(prompt=job.prompt, negative_prompt=job.negative_prompt, **job.settings))
+            configs[-1].validate()  # what needs no model is refused now, not after loading gigabytes (again after load)
     from .bundled import is_bundled_model
 
     for job in jobs:
