@@ -461,3 +461,58 @@ def test_no_motion_warning_only_when_no_motion_module_is_used(files, tmp_path, c
         assert "no motion" not in caplog.text
         assert main(["-q", "generate", "--config", str(own), "--model-config", files["folder"], "--out", str(tmp_path / "b")]) == 0
         assert "no motion" in caplog.text
+
+
+# ---- error wording from a fresh-user trial: the flag that was given, the value as typed --------------------------
+MESSAGES = {  # name -> (extra flags, words the error line must hold, words it must not hold)
+    "control video not a video": (["--controlnet", "{tmp}/cn.safetensors", "--control-video", "{tmp}/notes.txt"],
+                                  ["--control-video", "notes.txt"], ["--controlnet"]),
+    "control image not an image": (["--controlnet", "{tmp}/cn.safetensors", "--control-image", "{tmp}/notes.txt"],
+                                   ["--control-image", "notes.txt"], ["--controlnet"]),
+    "keyframe without sparsectrl": (["--keyframe", "{tmp}/k.png@0"], ["--keyframe", "k.png@0"], ["[{", "'image'"]),
+    "ip-image without ip-adapter": (["--ip-image", "{tmp}/k.png", "--ip-image", "{tmp}/k.png@3"],
+                                    ["--ip-image", "k.png /", "k.png@3:"], ["[{", "'image'"]),
+    "motion scale per frame, too few": (["--motion-scale", "1,2"], ["--motion-scale 1,2:"], ["[1.0"]),
+    "sparsectrl scale without sparsectrl": (["--sparsectrl-scale", "2,3"], ["--sparsectrl-scale 2,3:"], ["[2.0"]),
+    "lora scale not a number": (["--lora", "personal-lora:abc"], ["--lora", "personal-lora:abc", "scale 'abc' is not a number"],
+                                ["not found"]),
+    "ip-adapter scale not a number": (["--ip-adapter", "f:abc"], ["--ip-adapter", "scale 'abc' is not a number"], ["no such file"]),
+    "max frames 0": (["--max-frames", "0"], ["--max-frames", "at least 1"], ["--context-length", "None"]),
+    "folder of user files": (["--out", "{tmp}/holiday"], ["--out", "or --overwrite to"], []),
+}
+
+
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_error_names_the_flag_and_value_as_typed(files, tmp_path, capsys, no_loading, case):
+    from PIL import Image
+
+    extra, words, absent = MESSAGES[case]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.new("RGB", (8, 8)).save(inputs / "k.png")
+    (inputs / "notes.txt").write_text("not a video")
+    (inputs / "cn.safetensors").write_bytes(b"")
+    _user_folder(inputs)
+    argv = ["-q", "generate", "a red circle", *_model(files), "--motion-module", files["v2"], *FAST,
+            "--out", str(tmp_path / "clip.gif")]
+    before = sorted(tmp_path.rglob("*"))
+    assert main(argv + [e.format(tmp=inputs) for e in extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for word in words:
+        assert word in err[0], (word, err[0])
+    for word in absent:
+        assert word not in err[0], (word, err[0])
+    assert sorted(tmp_path.rglob("*")) == before, "nothing may be written"
+
+
+def test_a_file_whose_name_ends_in_colon_text_is_still_a_file(tmp_path):
+    from animatediff.cli import parse_weighted
+    from animatediff.generation.ip_adapter import parse_ip_adapter_arg
+
+    odd = tmp_path / "style:v2"
+    odd.write_bytes(b"")
+    assert parse_weighted(str(odd), "--lora") == (str(odd), 1.0)
+    assert parse_ip_adapter_arg(str(odd)) == {"path": str(odd)}
+    assert parse_weighted("C:\\loras\\x.safetensors:0.5", "--lora") == ("C:\\loras\\x.safetensors", 0.5)
+    assert parse_weighted("C:x.safetensors", "--lora") == ("C:x.safetensors", 1.0)

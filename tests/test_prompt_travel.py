@@ -302,9 +302,9 @@ CLI_BAD = {  # extra flags -> words of the one error line
     "prompt and map": (["a cat", "--prompt-map", "0: a"], "--prompt-map: give either"),
     "map and map file": (["--prompt-map", "0: a", "--prompt-map-file", "x.yaml"], "not both"),
     "missing map file": (["--prompt-map-file", "{tmp}/none.yaml"], "--prompt-map-file"),
-    "motion scale list length": (["--prompt-map", "0: a", "--motion-scale", "1,1"], "--motion-scale [1.0, 1.0]: 2 values for 4 frames"),
+    "motion scale list length": (["--prompt-map", "0: a", "--motion-scale", "1,1"], "--motion-scale 1,1: 2 values for 4 frames"),
     "motion effect not a number": (["a cat", "--motion-effect", "strong"], "--motion-effect"),
-    "negative motion scale": (["a cat", "--motion-scale", "-1"], "--motion-scale -1.0"),
+    "negative motion scale": (["a cat", "--motion-scale", "-1"], "--motion-scale -1:"),
     "unknown interpolation": (["--prompt-map", "0: a", "--prompt-interpolation", "cubic"], "--prompt-interpolation"),
     "negative map key past the end": (["a cat", "--negative-prompt-map", "0: x | 9: y"], "--negative-prompt-map 9"),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -52,16 +53,35 @@ FIELD_FLAGS = {
 
 def parse_weighted(spec: str, option: str, default: float = 1.0) -> tuple[str, float]:
     """``FILE[:SCALE]`` -> (file, scale). The scale is split off the last colon only when it parses as a
-    number, so Windows paths (``C:\\x.safetensors``) and names with colons still work."""
+    number, so Windows paths (``C:\\x.safetensors``) and names with colons still work; a tail that is neither
+    a number nor part of an existing path (``style:abc``) is refused as a scale."""
     path, sep, tail = spec.rpartition(":")
     if sep and path:
         try:
             return path, float(tail)
         except ValueError:
-            pass
+            if looks_like_a_scale(tail) and not Path(spec).exists():
+                raise UserInputError(f"{option} {spec}: scale {tail!r} is not a number; expected FILE or FILE:SCALE") from None
     if not spec:
         raise UserInputError(f"{option}: empty value; expected FILE or FILE:SCALE")
     return spec, default
+
+
+def looks_like_a_scale(tail: str) -> bool:
+    """Whether the text after a ``FILE:`` colon was meant as a scale: no path separator and no file extension
+    (``C:\\x.safetensors`` and ``C:x.ckpt`` are paths, ``abc`` and ``1.2.3`` are bad scales)."""
+    return bool(tail) and not re.search(r"[/\\]|\.[A-Za-z]\w*$", tail)
+
+
+def parse_positive_int(text: str) -> int:
+    """A whole number of at least 1 (``--max-frames``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1 (frames of the position encoding)")
+    return value
 
 
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64-1
@@ -292,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
     gen.add_argument("--motion-preset", type=str.lower, choices=list(MOTION_PRESETS), metavar="NAME",
                      help=f"force the motion module preset ({', '.join(MOTION_PRESETS)}) instead of detecting it")
-    gen.add_argument("--max-frames", type=int, help="extend the (recomputed) position encoding to this many frames")
+    gen.add_argument("--max-frames", type=parse_positive_int, help="extend the (recomputed) position encoding to this many frames")
     gen.add_argument("--negative", help="negative prompt")
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="community (kohya) LoRA, repeatable")
     gen.add_argument("--motion-lora", action="append", default=[], metavar="FILE[:ALPHA]", help="MotionLoRA, repeatable")
@@ -369,11 +389,51 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserInputError as e:
         flags = getattr(args, "field_flags", FIELD_FLAGS)  # a subcommand may spell its fields otherwise (train)
-        print(f"error: {e.render(flags.get(e.field))}", file=sys.stderr)
+        print(f"error: {render_error(e, flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# ---- how an error line shows a field's value: as the user typed it, not as the parsed list/dict ----------------
+def _each(show):
+    """One entry shown by ``show``; a list shown entry by entry, space-separated (as the repeated flags were)."""
+    return lambda value: " ".join(map(show, value)) if isinstance(value, list) else show(value)
+
+
+def _numbers(value) -> str:  # --motion-scale 1,2 (a list of floats was parsed from it)
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else f"{value:g}"
+
+
+def _at(key: str, number: str):  # {"image": "k.png", "index": 0} -> k.png@0
+    return lambda entry: f"{entry[key]}@{entry[number]}" if number in entry else str(entry[key])
+
+
+def _scaled(entry) -> str:  # {"path": "f.bin", "scale": 0.5} -> f.bin:0.5; ("style.safetensors", 1.0) -> style.safetensors:1
+    if isinstance(entry, tuple):
+        return f"{entry[0]}:{entry[1]:g}"
+    numbers = [entry[k] for k in ("scale", "strength", "start", "end") if entry.get(k) is not None]
+    return ":".join([str(entry["path"]), *(f"{n:g}" for n in numbers)])
+
+
+VALUE_TEXT = {"motion_scale": _numbers, "motion_effect": _numbers, "sparsectrl_scale": _numbers,
+              "keyframes": _each(_at("image", "index")), "ip_images": _each(_at("image", "frame")),
+              "ip_adapter": _each(_scaled), "controlnets": _each(_scaled), "loras": _each(_scaled),
+              "motion_loras": _each(_scaled)}
+# library details name the switch by its field ("or overwrite to replace it"); every command spells it --overwrite
+_OVERWRITE_WORD = re.compile(r"(?<![-\w])overwrite(?= to | never )")
+
+
+def render_error(error: UserInputError, flags: dict) -> str:
+    """The one ``error:`` line: the field as its flag, the value as typed, ``overwrite`` as ``--overwrite``."""
+    shown = None
+    if error.has_value and error.field in VALUE_TEXT and not isinstance(error.value, (str, Path)):
+        try:
+            shown = VALUE_TEXT[error.field](error.value)
+        except (KeyError, TypeError, ValueError):  # an unexpected shape: str() as before
+            shown = None
+    return _OVERWRITE_WORD.sub("--overwrite", error.render(flags.get(error.field), shown))
 
 
 # ---- context windows (sampling/context.py) -------------------------------------------------------------
@@ -509,7 +569,9 @@ def _prompt_travel_settings(args: argparse.Namespace) -> dict:
 
 # ---- ControlNet per frame and video-to-video (generation/controlnet.py, generation/video_input.py) ------------
 CONTROL_FLAGS = {"controlnets": "--controlnet", "control_preprocess": "--preprocess", "guess_mode": "--guess-mode",
-                 "video": "--video", "strength": "--strength"}
+                 "video": "--video", "strength": "--strength",
+                 # not config fields: the hint files are read here, named by the flag that gave them
+                 "control_video": "--control-video", "control_image": "--control-image"}
 FIELD_FLAGS.update(CONTROL_FLAGS)
 
 
@@ -561,9 +623,9 @@ def _control_settings(args: argparse.Namespace) -> dict:
     for net in nets:
         spec = controlnet.ControlNetSpec.from_value(net)
         if spec.image is not None:
-            video_input.read_image(spec.image, "controlnets")
+            video_input.read_image(spec.image, "control_image")
         elif spec.video is not None:
-            video_input.read_video(spec.video, "controlnets")
+            video_input.read_video(spec.video, "control_video")
         elif args.video is None:
             raise UserInputError("needs a --control-video or --control-image (or a --video)", field="controlnets", value=spec.path)
         if Path(spec.path).is_file():

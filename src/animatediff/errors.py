@@ -31,9 +31,12 @@ class UserInputError(Exception):
     def has_value(self) -> bool:
         return self.value is not _NO_VALUE
 
-    def render(self, name: str | None = None) -> str:
-        """The message with ``name`` (default: the field) in front, e.g. ``--frames 40: exceeds ...``."""
+    def render(self, name: str | None = None, shown: str | None = None) -> str:
+        """The message with ``name`` (default: the field) in front, e.g. ``--frames 40: exceeds ...``; ``shown``
+        (default ``str(value)``) is how an interface writes the value (the CLI: ``k.png@0``, not a list of dicts)."""
         name = name or self.field
         if name is None:
             return self.detail
-        return f"{name} {self.value}: {self.detail}" if self.has_value else f"{name}: {self.detail}"
+        if not self.has_value:
+            return f"{name}: {self.detail}"
+        return f"{name} {self.value if shown is None else shown}: {self.detail}"

@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +126,9 @@ def parse_ip_adapter_arg(text: str) -> dict:
     if sep and path:
         try:
             return {"path": path, "scale": float(tail)}
-        except ValueError:
-            pass
+        except ValueError:  # "f:abc" is a bad scale, unless it names a file; "C:\\x.bin" and "C:x.bin" are paths
+            if tail and not re.search(r"[/\\]|\.[A-Za-z]\w*$", tail) and not Path(text).exists():
+                raise UserInputError(f"scale {tail!r} is not a number; expected FILE[:SCALE]", field=FIELD, value=text) from None
     if not text:
         raise UserInputError("empty file name; expected FILE[:SCALE]", field=FIELD, value=text)
     return {"path": text}
