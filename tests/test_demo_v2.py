@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,3 +118,7 @@ def test_build_base_v2_resumes_its_run(tmp_path):
     assert (run / "mine.txt").is_file() and (run / "latest").read_text().strip() == "step-000004"
     with open(run / "train_log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    record = json.loads((work / "stages.json").read_text())["base-v2"]
+    shutil.rmtree(work / "base")  # a fresh clone: the committed run, no base folder
+    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.002"]) == 0  # nothing left to train
+    assert json.loads((work / "stages.json").read_text())["base-v2"] == record and (work / "base" / "model_index.json").is_file()

@@ -204,6 +204,10 @@ class Builder:
         command = [sys.executable, "-m", "animatediff", "-q", "train", mode, "--config", f"demo/{recipe}",
                    "--output_dir", str(output)]
         if resume and (output / "latest").is_file():  # v2: continue the interrupted run exactly (same options)
+            total = options.get("max_train_steps", steps)
+            if (output / "latest").read_text().strip() == f"step-{total:06d}":  # finished: keep its record
+                logger.info("stage %s: its run already reached step %d (%s)", stage, total, output)
+                return
             command += ["--resume", str(output)]
         else:
             shutil.rmtree(output, ignore_errors=True)
