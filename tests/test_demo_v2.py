@@ -3,7 +3,9 @@ diagnosis (the training path's camera moves read correctly by eval's estimator).
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -86,7 +88,7 @@ def test_build_v2_stages_smoke(tmp_path):
     work = tmp_path / "v2"
     assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
     record = json.loads((work / "stages.json").read_text())
-    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2"}
+    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2"}
     assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
     assert (work / "vae" / "config.json").is_file() and not (tmp_path / "unused").exists()
     assert record["text-encoder"]["steps"] == 20 and "shape" in record["text-encoder"]["zero_shot_single_object"]
@@ -96,3 +98,27 @@ def test_build_v2_stages_smoke(tmp_path):
 
     base = load_base_model(str(work / "init"))
     assert base.unet.config.sample_size == 16 and base.unet.config.cross_attention_dim == base.text_encoder.config.hidden_size
+
+    # base-v2: `animatediff train image --config demo/base-v2` from the init folder, 40 steps of batch 2 in a smoke run
+    assert record["base-v2"]["recipe"] == "demo/base-v2" and record["base-v2"]["steps"] == 40
+    trained = load_base_model(str(work / "base"))
+    assert trained.unet.config.sample_size == 16
+    assert not torch.equal(trained.unet.conv_in.weight, base.unet.conv_in.weight)  # the trained UNet, not init's
+
+
+def test_build_base_v2_resumes_its_run(tmp_path):
+    """A second base-v2 run with more steps continues the first (the trainer's --resume), never restarts it."""
+    work = tmp_path / "v2"
+    common = ["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused")]
+    assert build.main(common + ["--only", "data-v2", "vae-v2", "text-encoder", "init-v2", "--steps-scale", "0.002"]) == 0
+    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.001"]) == 0  # 2 steps
+    run = work / "runs" / "base-v2"
+    (run / "mine.txt").write_text("a restart would remove the run folder")
+    assert build.main(common + ["--only", "base-v2", "--force", "base-v2", "--steps-scale", "0.002"]) == 0  # to 4
+    assert (run / "mine.txt").is_file() and (run / "latest").read_text().strip() == "step-000004"
+    with open(run / "train_log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    record = json.loads((work / "stages.json").read_text())["base-v2"]
+    shutil.rmtree(work / "base")  # a fresh clone: the committed run, no base folder
+    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.002"]) == 0  # nothing left to train
+    assert json.loads((work / "stages.json").read_text())["base-v2"] == record and (work / "base" / "model_index.json").is_file()

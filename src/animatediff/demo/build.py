@@ -24,6 +24,8 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
     vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
     data-v2         the data stage at 128 px (into <work>/data)
     init-v2         trained text encoder + v2 VAE + a random UNet at 16x16 latents, as a diffusers folder
+    base-v2         animatediff train image --config demo/base-v2 (128 px images) from <work>/init -> <work>/base;
+                    resumes from <work>/runs/base-v2 (the trainer's --resume) when it holds a checkpoint
 
 Each v2 stage resumes from ``<work>/runs/<stage>/state.pt`` when it exists (bit-exact), writes its fp16
 result to ``<work>/<stage>/`` and its measurements (steps, time, losses, evaluation) to ``<work>/stages.json``.
@@ -51,7 +53,7 @@ logger = logging.getLogger("animatediff.demo.build")
 
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
-V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2")  # family v2 (issue 11), built so far: --family v2
+V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2")  # family v2 (issue 11), built so far: --family v2
 V2_SIZE = 128  # pixels; the v2 VAE's 8x factor gives 16x16 latents
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
@@ -192,16 +194,23 @@ class Builder:
             lock.unlink()
         return True
 
-    def _train(self, stage: str, mode: str, recipe: str, output: Path, **options) -> None:
+    def _train(self, stage: str, mode: str, recipe: str, output: Path, resume: bool = False, **options) -> None:
         from ..training.config import load_config
 
         steps = load_config(mode, f"demo/{recipe}", {"video_folder": ".", "motion_module": "-"}).max_train_steps
         if self.steps_scale != 1.0:
             options["max_train_steps"] = max(2, int(steps * self.steps_scale))
             options["checkpointing_steps"] = options["max_train_steps"]
-        shutil.rmtree(output, ignore_errors=True)
         command = [sys.executable, "-m", "animatediff", "-q", "train", mode, "--config", f"demo/{recipe}",
                    "--output_dir", str(output)]
+        if resume and (output / "latest").is_file():  # v2: continue the interrupted run exactly (same options)
+            total = options.get("max_train_steps", steps)
+            if (output / "latest").read_text().strip() == f"step-{total:06d}":  # finished: keep its record
+                logger.info("stage %s: its run already reached step %d (%s)", stage, total, output)
+                return
+            command += ["--resume", str(output)]
+        else:
+            shutil.rmtree(output, ignore_errors=True)
         for key, value in options.items():
             command += [f"--{key}", str(value)]
         logger.info("stage %s: %s", stage, " ".join(command[2:]))
@@ -210,6 +219,8 @@ class Builder:
         with open(log, "w") as f:
             status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_MININTERVAL": "30"}).returncode
         seconds = time.perf_counter() - started
+        if status == 130:  # SIGINT/SIGTERM: the trainer saved a checkpoint first
+            raise SystemExit(f"stage {stage} interrupted; its checkpoint is in {output} (run the same command to resume)")
         if status != 0:
             raise SystemExit(f"stage {stage} failed (exit {status}); see {log}")
         losses = _losses(output / "train_log.csv")
@@ -326,6 +337,20 @@ class Builder:
         write_diffusers_folder(target, unet, vae, text_encoder)
         self.save_record("init-v2", {"unet_config": config, "unet_parameters": _count(unet),
                                      "text_encoder_parameters": _count(text_encoder), "vae_parameters": _count(vae)})
+
+    def stage_base_v2(self) -> None:
+        """The v2 base UNet (16x16 latents) on the v2 images; ``work/base`` = the init folder with it."""
+        from ..training.export import find_checkpoint
+
+        self.wait_for(self.work / "init" / "model_index.json", "the v2 init folder")
+        smoke = {"batch_size": 2} if self._smoke() else {}  # a smoke run: seconds, not minutes
+        run, target = self.runs / "base-v2", self.work / "base"
+        self.train("base-v2", "image", "base-v2", run, target / "model_index.json", base_model=self.work / "init",
+                   caption_file=self.data / "images.csv", resume=True, **smoke)
+        if not (target / "model_index.json").exists() or "base-v2" in self.force:
+            # the latest checkpoint's UNet: a resume that had no step left to run exports no unet-final
+            _swap_unet(self.work / "init", find_checkpoint(run) / "unet", target)
+            self.force.discard("base-v2")
 
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:
