@@ -817,6 +817,11 @@ def _run_batch(jobs, configs, args, device: str, state) -> int:
                          context=lambda job: _named_in_recipe(job, args.config))
     if outcomes is not None:
         print(summary(outcomes, time.perf_counter() - start, state.num_processes))
+    if state.num_processes > 1:
+        # leave the gloo/NCCL group together: a process exiting while another's group threads still run aborts
+        # it ("terminate called without an active exception", SIGABRT) and the launch fails after the work is done
+        state.wait_for_everyone()
+        state.destroy_process_group()
     return 0
 
 

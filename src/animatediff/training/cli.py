@@ -81,6 +81,9 @@ def run_train(args: argparse.Namespace) -> int:
     if config.base_model is None:
         raise UserInputError("required (a diffusers folder or a .safetensors/.ckpt file of an SD1.5 model)", field="base_model")
     result = train(config, resume=args.resume)
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()  # all processes leave together (see cli._run_batch); no-op for one
     if result.exported is not None:
         logger.info("trained weights: %s", result.exported)
     if result.interrupted:
