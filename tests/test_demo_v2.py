@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from animatediff.demo import build, camera_check, clip, vae_v2
+from animatediff.presets import CAMERA_MOVES
 
 TINY_CLIP = dict(image_size=32, text_width=16, text_layers=1, text_heads=2, image_channels=(8, 8), projection_dim=8,
                  batch_size=4, steps=4, pool_size=16, warmup_steps=2)
@@ -88,7 +89,8 @@ def test_build_v2_stages_smoke(tmp_path):
     work = tmp_path / "v2"
     assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
     record = json.loads((work / "stages.json").read_text())
-    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2"}
+    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
+                           "domain-adapter-v2", "motion-module-v2"} | {f"motion-lora-v2-{m}" for m in CAMERA_MOVES}
     assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
     assert (work / "vae" / "config.json").is_file() and not (tmp_path / "unused").exists()
     assert record["text-encoder"]["steps"] == 20 and "shape" in record["text-encoder"]["zero_shot_single_object"]
@@ -104,6 +106,22 @@ def test_build_v2_stages_smoke(tmp_path):
     trained = load_base_model(str(work / "base"))
     assert trained.unet.config.sample_size == 16
     assert not torch.equal(trained.unet.conv_in.weight, base.unet.conv_in.weight)  # the trained UNet, not init's
+
+    # the rest of the family: clip stages on 4-frame clips, 2 steps; MotionLoRAs on clips of static objects
+    assert record["motion-module-v2"]["steps"] == 2 and record["motion-lora-v2-ZoomIn"]["steps"] == 2
+    with open(work / "data" / "static-clips-PanLeft.csv") as f:
+        assert all("moving" not in row["name"] and "circling" not in row["name"] for row in csv.DictReader(f))
+    bundle = work / "bundle"  # package-v2: the bundled layout, which the generator loads as the bundled family
+    meta = json.loads((bundle / "demo.json").read_text())
+    assert meta["generation_defaults"]["width"] == 128 and (bundle / "text-encoder" / "image_tower.safetensors").is_file()
+    assert sorted(p.stem for p in (bundle / "motion_loras").glob("*.safetensors")) == sorted(CAMERA_MOVES)
+    from animatediff.api import Animator
+
+    animator = Animator.load(str(bundle / "base"), str(bundle / "motion_module.safetensors"))
+    animator.set_loras([], [(str(bundle / "motion_loras" / "ZoomIn.safetensors"), 1.0)],
+                       (str(bundle / "domain_adapter.safetensors"), 1.0))
+    result = animator.generate("a red circle on a blue plain background", num_frames=4, steps=2, width=128, height=128, seed=1)
+    assert tuple(result.frames.shape) == (1, 3, 4, 128, 128)
 
 
 def test_build_base_v2_resumes_its_run(tmp_path):

@@ -24,8 +24,15 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
     vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
     data-v2         the data stage at 128 px (into <work>/data)
     init-v2         trained text encoder + v2 VAE + a random UNet at 16x16 latents, as a diffusers folder
-    base-v2         animatediff train image --config demo/base-v2 (128 px images) from <work>/init -> <work>/base;
-                    resumes from <work>/runs/base-v2 (the trainer's --resume) when it holds a checkpoint
+    base-v2         animatediff train image --config demo/base-v2 (128 px images) from <work>/init -> <work>/base
+    personal-v2     animatediff train image --config demo/personal-v2 (style set) -> <work>/personal
+    personal-lora-v2, domain-adapter-v2, motion-module-v2
+                    as v1's stages, with the demo/<stage> recipes at 128 px (16x16 latents)
+    motion-loras-v2 x8 on clips of static objects (<work>/data/static-videos), so the camera is their only motion
+    package-v2      the v2 family in the bundled layout (fp16) in <work>/bundle, with the CLIP towers
+
+Every v2 training stage resumes from its run folder <work>/runs/<stage> (the trainer's --resume) when that
+holds a checkpoint, so an interrupted build continues exactly.
 
 Each v2 stage resumes from ``<work>/runs/<stage>/state.pt`` when it exists (bit-exact), writes its fp16
 result to ``<work>/<stage>/`` and its measurements (steps, time, losses, evaluation) to ``<work>/stages.json``.
@@ -53,7 +60,8 @@ logger = logging.getLogger("animatediff.demo.build")
 
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
-V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2")  # family v2 (issue 11), built so far: --family v2
+V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
+             "domain-adapter-v2", "motion-module-v2", "motion-loras-v2", "package-v2")  # family v2 (issue 11), built so far: --family v2
 V2_SIZE = 128  # pixels; the v2 VAE's 8x factor gives 16x16 latents
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
@@ -198,7 +206,7 @@ class Builder:
         from ..training.config import load_config
 
         steps = load_config(mode, f"demo/{recipe}", {"video_folder": ".", "motion_module": "-"}).max_train_steps
-        if self.steps_scale != 1.0:
+        if self.steps_scale != 1.0 and "max_train_steps" not in options:
             options["max_train_steps"] = max(2, int(steps * self.steps_scale))
             options["checkpointing_steps"] = options["max_train_steps"]
         command = [sys.executable, "-m", "animatediff", "-q", "train", mode, "--config", f"demo/{recipe}",
@@ -352,38 +360,129 @@ class Builder:
             _swap_unet(self.work / "init", find_checkpoint(run) / "unet", target)
             self.force.discard("base-v2")
 
+    def _v2_train(self, stage: str, mode: str, marker: Path, **options) -> bool:
+        """A v2 training stage: recipe ``demo/<stage>``, run folder ``runs/<stage>``, resumed when interrupted."""
+        return self.train(stage, mode, stage, self.runs / stage, marker, resume=True,
+                          **({"batch_size": 2} if self._smoke() else {}), **options)
+
+    def _smoke_clips(self) -> dict:
+        """A smoke run trains on 4-frame clips, 2 steps: the clip stages' code path in seconds."""
+        return {"num_frames": 4, "max_train_steps": 2, "checkpointing_steps": 2} if self._smoke() else {}
+
+    def stage_personal_v2(self) -> None:
+        """The full finetune on the style set: ``work/personal`` = the v2 base folder with its UNet."""
+        from ..training.export import find_checkpoint
+
+        self.wait_for(self.work / "base" / "model_index.json", "the v2 base model")
+        target = self.work / "personal"
+        self._v2_train("personal-v2", "image", target / "model_index.json", base_model=self.work / "base",
+                       caption_file=self.data / "style.csv")
+        if not (target / "model_index.json").exists() or "personal-v2" in self.force:
+            _swap_unet(self.work / "base", find_checkpoint(self.runs / "personal-v2") / "unet", target)
+            self.force.discard("personal-v2")
+
+    def stage_personal_lora_v2(self) -> None:
+        self.wait_for(self.work / "base" / "model_index.json", "the v2 base model")
+        self._v2_train("personal-lora-v2", "domain-adapter", self.runs / "personal-lora-v2" / "domain-adapter-final.safetensors",
+                       base_model=self.work / "base", caption_file=self.data / "style.csv")
+
+    def stage_domain_adapter_v2(self) -> None:
+        self.wait_for(self.work / "base" / "model_index.json", "the v2 base model")
+        self._v2_train("domain-adapter-v2", "domain-adapter", self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors",
+                       base_model=self.work / "base", caption_file=self.data / "videos.csv")
+
+    def stage_motion_module_v2(self) -> None:
+        adapter = self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors"
+        self.wait_for(adapter, "the v2 domain adapter")
+        self._v2_train("motion-module-v2", "motion-module", self.runs / "motion-module-v2" / "motion-module-final.safetensors",
+                       base_model=self.work / "base", caption_file=self.data / "videos.csv", domain_adapter=adapter,
+                       **self._smoke_clips())
+
+    def stage_motion_loras_v2(self) -> None:
+        """Eight camera MotionLoRAs on clips of STATIC objects (``world.write_dataset(moving=False)``), so the
+        camera move the augmentation adds is the only motion in them (docs/demo-model.md, MotionLoRA diagnosis)."""
+        from .world import write_dataset
+
+        module = self.runs / "motion-module-v2" / "motion-module-final.safetensors"
+        adapter = self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors"
+        self.wait_for(module, "the v2 motion module")
+        static = self.data / "static-videos"
+        per_move = 1 if self._smoke() else CLIPS_PER_MOVE
+        if not (self.data / "static-clips.csv").exists():
+            write_dataset(static, per_move * len(CAMERA_MOVES), "video", seed=4, height=V2_SIZE, width=V2_SIZE, moving=False)
+            _rewrite_csv(static / "captions.csv", self.data / "static-clips.csv", ".mp4")
+        with open(self.data / "static-clips.csv") as f:
+            rows = list(csv.DictReader(f))
+        elsewhere = []
+        for i, move in enumerate(CAMERA_MOVES):
+            clips = self.data / f"static-clips-{move}.csv"
+            _write_csv(clips, rows[i * per_move:(i + 1) * per_move])
+            stage, run = f"motion-lora-v2-{move}", self.runs / f"motion-lora-v2-{move}"
+            if not self.train(stage, "motion-lora", "motion-lora-v2", run, run / "motion-lora-final.safetensors",
+                              resume=True, base_model=self.work / "base", caption_file=clips, camera_move=move,
+                              motion_module=module, domain_adapter=adapter, **self._smoke_clips()):
+                elsewhere.append(run / "motion-lora-final.safetensors")
+        for marker in elsewhere:
+            self.wait_for(marker, str(marker))
+
+    def stage_package_v2(self) -> None:
+        """The v2 family in the bundled layout (fp16) in ``work/bundle``, plus the CLIP towers the report scores with."""
+        runs = self.runs
+        self.package(self.work / "bundle", {
+            "base": self.work / "base", "personal": self.work / "personal",
+            "domain_adapter": runs / "domain-adapter-v2" / "domain-adapter-final.safetensors",
+            "motion_module": runs / "motion-module-v2" / "motion-module-final.safetensors",
+            "personal_lora": runs / "personal-lora-v2" / "domain-adapter-final.safetensors",
+            "motion_loras": {m: runs / f"motion-lora-v2-{m}" / "motion-lora-final.safetensors" for m in CAMERA_MOVES},
+        }, defaults={**GENERATION_DEFAULTS, "width": V2_SIZE, "height": V2_SIZE},
+            text_encoder="trained contrastively with an image tower (demo/clip.py, stage text-encoder), then frozen",
+            extra=lambda tmp: shutil.copytree(self.work / "text-encoder", tmp / "text-encoder",
+                                              ignore=shutil.ignore_patterns("text_encoder")))
+
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:
+        runs = self.runs
+        self.package(self.out, {
+            "base": self.work / "base", "personal": self.work / "personal",
+            "domain_adapter": runs / "domain-adapter" / "domain-adapter-final.safetensors",
+            "motion_module": runs / "motion-module" / "motion-module-final.safetensors",
+            "personal_lora": runs / "personal-lora" / "domain-adapter-final.safetensors",
+            "motion_loras": {m: runs / f"motion-lora-{m}" / "motion-lora-final.safetensors" for m in CAMERA_MOVES},
+        }, defaults=GENERATION_DEFAULTS,
+            text_encoder="seeded random init (torch.manual_seed(%d)), frozen: never trained" % TEXT_SEED)
+
+    def package(self, out: Path, files: dict, defaults: dict, text_encoder: str, extra=None) -> None:
+        """fp16 copies of a family's trained files in the bundled layout (``bundled.py``), ``demo.json`` and
+        ``README.md``, written to ``out.tmp`` and moved into place (``out`` is the build's own output folder)."""
         from ..weights.convert import processor_lora_to_kohya
 
         self.record = json.loads(self.record_path.read_text())  # stages another build process recorded
-        out = self.out
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name in ("base", "personal"):
-            _fp16_folder(self.work / name, tmp / name)
-        _fp16_file(self.runs / "domain-adapter" / "domain-adapter-final.safetensors", tmp / "domain_adapter.safetensors")
-        _fp16_file(self.runs / "motion-module" / "motion-module-final.safetensors", tmp / "motion_module.safetensors")
-        _fp16_file(self.runs / "personal-lora" / "domain-adapter-final.safetensors", tmp / "personal-lora.safetensors",
-                   convert=processor_lora_to_kohya)
-        for move in CAMERA_MOVES:
-            _fp16_file(self.runs / f"motion-lora-{move}" / "motion-lora-final.safetensors",
-                       tmp / "motion_loras" / f"{move}.safetensors")
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*.safetensors"))}
+            _fp16_folder(files[name], tmp / name)
+        _fp16_file(files["domain_adapter"], tmp / "domain_adapter.safetensors")
+        _fp16_file(files["motion_module"], tmp / "motion_module.safetensors")
+        _fp16_file(files["personal_lora"], tmp / "personal-lora.safetensors", convert=processor_lora_to_kohya)
+        for move, path in files["motion_loras"].items():
+            _fp16_file(path, tmp / "motion_loras" / f"{move}.safetensors")
+        if extra is not None:
+            extra(tmp)
+        weights = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*.safetensors"))}
         meta = {
             "description": "The bundled demo family of animatediff, trained by `python -m animatediff.demo.build` "
                            "on the synthetic shapes world (animatediff.demo.world). Weights: fp16.",
-            "generation_defaults": GENERATION_DEFAULTS,
+            "generation_defaults": defaults,
             "motion_module": {"preset": "v3", "block_out_channels": list(UNET_CONFIG["block_out_channels"]),
                               "layers_per_block": UNET_CONFIG["layers_per_block"], "norm_num_groups": 32,
                               "num_attention_heads": 8, "position_encoding_length": 32},
-            "text_encoder": "seeded random init (torch.manual_seed(%d)), frozen: never trained" % TEXT_SEED,
+            "text_encoder": text_encoder,
             "prediction_type": PREDICTION_TYPE,
             "steps_scale": self.steps_scale,
             "stages": self.record,
             "parameters": _parameter_counts(tmp),
-            "files_bytes": files,
+            "files_bytes": weights,
             "total_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
         }
         (tmp / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -113,9 +113,10 @@ class SceneSpec:
 def random_spec(rng: np.random.Generator, kind: Literal["video", "image", "style"] = "video",
                 num_objects: int | None = None, shapes: tuple[str, ...] = SHAPES,
                 colors: tuple[str, ...] = tuple(COLORS), camera: str | None = None,
-                camera_strength: float = 0.25) -> SceneSpec:
+                camera_strength: float = 0.25, moving: bool = True) -> SceneSpec:
     """Draw a scene: 1-3 objects of distinct colours, none sharing the background's colour, not overlapping
-    at the start.  ``kind="image"`` and ``"style"`` give static objects; ``"style"`` uses the personal style."""
+    at the start.  ``kind="image"`` and ``"style"`` give static objects; ``"style"`` uses the personal style;
+    ``moving=False`` makes a video of static objects (MotionLoRA clips: the camera is the only motion)."""
     n = int(num_objects if num_objects is not None else rng.integers(1, 4))
     bg_color = str(rng.choice(list(colors)))
     obj_colors = rng.permutation([c for c in colors if c != bg_color])[:n]
@@ -123,7 +124,7 @@ def random_spec(rng: np.random.Generator, kind: Literal["video", "image", "style
     objects: list[ObjectSpec] = []
     for color in obj_colors:
         for _attempt in range(50):
-            obj = _random_object(rng, str(rng.choice(list(shapes))), str(color), video=kind == "video")
+            obj = _random_object(rng, str(rng.choice(list(shapes))), str(color), video=kind == "video" and moving)
             if all(math.hypot(obj.x - o.x, obj.y - o.y) > 1.3 * (obj.size + o.size) for o in objects):
                 break
         objects.append(obj)
@@ -342,17 +343,17 @@ def add_watermark(frames: np.ndarray, alpha: float = WATERMARK_ALPHA) -> np.ndar
 def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "style"] = "video",
                   seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64, fps: int = 8,
                   video_format: Literal["mp4", "gif"] = "mp4", camera: str | None = None,
-                  camera_strength: float = 0.25) -> Path:
+                  camera_strength: float = 0.25, moving: bool = True) -> Path:
     """Write ``n`` samples and ``captions.csv`` (``videoid,name,page_dir``, the WebVid layout the official
     loader reads: ``{folder}/{videoid}.mp4``).  Videos are MP4 (H.264, near-lossless) or GIF; images and
     style images are PNG.  Sample i is drawn from ``default_rng([seed, i])``, so any subset is reproducible.
-    Returns the CSV path."""
+    ``moving=False``: videos of static objects. Returns the CSV path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        spec = random_spec(rng, kind, camera=camera, camera_strength=camera_strength)
+        spec = random_spec(rng, kind, camera=camera, camera_strength=camera_strength, moving=moving)
         videoid = f"{kind}_{seed}_{i:06d}"
         if kind == "video":
             frames = make_video(spec, num_frames, height, width)

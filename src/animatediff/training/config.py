@@ -51,6 +51,7 @@ class TrainConfig:
     camera_move: str | None = None  # motion-lora augmentation: one of CAMERA_MOVES
     camera_move_strength: float = 0.25  # training.augment.camera_move's strength, in [0, 1)
     num_workers: int = 2
+    cache_latents: bool = False  # encode every frame with the frozen VAE once, at start (latent_cache.py)
     # ---- optimisation -------------------------------------------------------------------------------
     max_train_steps: int = 100_000
     batch_size: int = 4  # per process
@@ -112,6 +113,9 @@ class TrainConfig:
             bad("sparsectrl_max_keyframes", "must be >= 1")
         if self.camera_move is not None and self.camera_move not in CAMERA_MOVES:
             bad("camera_move", f"not one of {', '.join(CAMERA_MOVES)}")
+        if self.cache_latents and (self.hflip or self.camera_move is not None or self.mode == "sparsectrl"):
+            why = "hflip" if self.hflip else "camera_move" if self.camera_move is not None else "sparsectrl mode"
+            bad("cache_latents", f"cannot be used with {why} (it needs new pixels at every step); turn one off")
         if not 1 <= self.lora_rank <= 1024:
             bad("lora_rank", "outside 1..1024")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

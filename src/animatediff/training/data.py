@@ -146,6 +146,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.camera_move_strength = config.camera_move_strength
         if self.camera_move is not None:
             opencv()  # a missing OpenCV is one clear error now, not a failure inside a loader worker
+        self.latents: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # latent_cache.cache_latents fills it
 
     def __len__(self) -> int:
         return len(self.items)
@@ -160,6 +161,12 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, sample_seed = key
         rng = random.Random(sample_seed)
+        if self.latents is not None:  # cache_latents: the same draws, the frames' cached posteriors instead of pixels
+            mean, std = self.latents[index]
+            frames = (np.zeros(self.num_frames, dtype=int) if self.items[index].path.suffix.lower() in IMAGE_SUFFIXES
+                      else clip_indices(len(mean), self.num_frames, self.stride, rng))
+            caption = "" if rng.random() < self.caption_dropout else self.items[index].caption
+            return {"latent_mean": mean[frames], "latent_std": std[frames], "caption": caption}
         for _ in range(min(len(self.items), 10)):
             item = self.items[index]
             try:

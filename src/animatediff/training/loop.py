@@ -40,6 +40,7 @@ from ..video_io import save_video
 from . import export
 from .config import TrainConfig
 from .data import StepSampler, build_dataset, mix_seed
+from .latent_cache import cache_latents, sample_latents
 from .modes import Setup, build, enable_gradient_checkpointing, load_base
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ def training_loss(model, base: BaseModel, scheduler: DDPMScheduler, batch: dict,
     model inputs (sparsectrl mode), drawn after the noise and timesteps."""
     with torch.no_grad():
         # the generator lives on the CPU: every draw (posterior sample, noise, t) is the same on any device
-        latents = encode_pixels(base.vae, batch["pixel_values"].to(device), generator)
+        if "latent_mean" in batch:  # cache_latents (latent_cache.py)
+            latents = sample_latents(batch, base.vae.config.scaling_factor, generator, device)
+        else:
+            latents = encode_pixels(base.vae, batch["pixel_values"].to(device), generator)
         text = encode_text(base, batch["caption"], device)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
@@ -259,6 +263,8 @@ def train(
             frozen.to(device)
         else:
             frozen.to(device, dtype=weight_dtype)
+    if config.cache_latents:
+        cache_latents(dataset, base.vae, device)
     params = [p for p in setup.trainable.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
