@@ -258,13 +258,13 @@ def train(
         logger.info("resuming from %s at step %d", checkpoint, start_step)
 
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in base.text_encoders + [base.vae]:  # frozen: half precision is enough (as diffusers' scripts do)
-        if weight_dtype == torch.float32:
-            frozen.to(device)
-        else:
-            frozen.to(device, dtype=weight_dtype)
+    for frozen in base.text_encoders + [base.vae]:
+        frozen.to(device)
     if config.cache_latents:
-        cache_latents(dataset, base.vae, device)
+        cache_latents(dataset, base.vae, device)  # in the VAE's own precision, before the cast below
+    if weight_dtype != torch.float32:
+        for frozen in base.text_encoders + [base.vae]:  # frozen: half precision is enough (as diffusers' scripts do)
+            frozen.to(device, dtype=weight_dtype)
     params = [p for p in setup.trainable.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps)
