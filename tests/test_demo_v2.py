@@ -110,7 +110,7 @@ def test_build_v2_stages_smoke(tmp_path):
     # the rest of the family: clip stages on 4-frame clips, 2 steps; MotionLoRAs on clips of static objects
     assert record["motion-module-v2"]["steps"] == 2 and record["motion-lora-v2-ZoomIn"]["steps"] == 2
     with open(work / "data" / "static-clips-PanLeft.csv") as f:
-        assert all("moving" not in row["name"] and "circling" not in row["name"] for row in csv.DictReader(f))
+        assert all("moving" not in row["caption"] and "circling" not in row["caption"] for row in csv.DictReader(f))
     bundle = work / "bundle"  # package-v2: the bundled layout, which the generator loads as the bundled family
     meta = json.loads((bundle / "demo.json").read_text())
     assert meta["generation_defaults"]["width"] == 128 and (bundle / "text-encoder" / "image_tower.safetensors").is_file()
