@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model-config", help="folder with unet/, vae/, text_encoder/ config.json for a single-file model that is not stock SD1.5/SDXL")
     gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
     gen.add_argument("--motion-preset", type=str.lower, choices=list(MOTION_PRESETS), metavar="NAME",
-                     help=f"force the motion module preset ({', '.join(MOTION_PRESETS)}) instead of detecting it")
+                     help=f"force the motion module preset ({', '.join(MOTION_PRESETS)}) instead of detecting it; "
+                          "conv-ablation is the paper's §5.3 temporal-convolution ablation, not an official format")
     gen.add_argument("--max-frames", type=parse_positive_int, help="extend the (recomputed) position encoding to this many frames")
     gen.add_argument("--negative", help="negative prompt")
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="community (kohya) LoRA, repeatable")

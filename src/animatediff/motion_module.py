@@ -21,6 +21,7 @@ import torch.utils.checkpoint
 from diffusers.models.attention import FeedForward
 from torch import nn
 
+from .motion_conv import TemporalConv3DModel
 from .presets import MotionModuleConfig
 
 
@@ -193,11 +194,15 @@ class TemporalTransformer3DModel(nn.Module):
 
 
 class VanillaTemporalModule(nn.Module):
-    """One motion module, ``motion_modules.{k}`` in the checkpoints."""
+    """One motion module, ``motion_modules.{k}`` in the checkpoints: ``temporal_transformer`` (the paper's), or
+    ``temporal_conv`` for the §5.3 ablation preset (``config.temporal_layer == "conv"``, motion_conv.py)."""
 
     def __init__(self, channels: int, config: MotionModuleConfig):
         super().__init__()
-        self.temporal_transformer = TemporalTransformer3DModel(channels, config)
+        if config.temporal_layer == "conv":
+            self.temporal_conv = TemporalConv3DModel(channels, config)
+        else:
+            self.temporal_transformer = TemporalTransformer3DModel(channels, config)
         # Training option: recompute activations in backward. diffusers checkpoints its blocks but not the
         # layers our hooks follow, so the motion modules need their own switch.
         self.gradient_checkpointing = False
@@ -226,11 +231,16 @@ class VanillaTemporalModule(nn.Module):
             for m, value in zip(attentions, saved[1]):
                 m.key_scale = value
 
+    @property
+    def temporal(self) -> nn.Module:
+        """The temporal model this module wraps (``temporal_transformer`` or ``temporal_conv``)."""
+        return self._modules["temporal_conv" if "temporal_conv" in self._modules else "temporal_transformer"]
+
     def _forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            out = torch.utils.checkpoint.checkpoint(self.temporal_transformer, hidden_states, num_frames, use_reentrant=False)
+            out = torch.utils.checkpoint.checkpoint(self.temporal, hidden_states, num_frames, use_reentrant=False)
         else:
-            out = self.temporal_transformer(hidden_states, num_frames)
+            out = self.temporal(hidden_states, num_frames)
         if self.effect is not None:  # motion_effect: row (clip j, frame i) = x (1 - e[j, i]) + module(x) e[j, i]
             if self.effect.shape[1] != num_frames or self.effect.numel() != out.shape[0]:
                 raise ValueError(f"motion_effect is for {tuple(self.effect.shape)} clips x frames, the module sees "
@@ -302,7 +312,8 @@ class MotionModules(nn.Module):
 
     @property
     def max_frames(self) -> int | None:
-        return self.config.position_encoding_length
+        """The position-encoding length; None (no limit) for the convolution ablation, which has no encoding."""
+        return self.config.position_encoding_length if self.config.temporal_layer != "conv" else None
 
     @contextmanager
     def controls(self, scale: torch.Tensor | None = None, effect: torch.Tensor | None = None):

@@ -8,6 +8,11 @@
 | sdxl-beta   | 15      | no        | 32        | per frame              | across frames    | SDXL  |
 | animatelcm  | 21      | yes       | 64 (none stored) | per frame       | per frame        | SD1.5 |
 | lightning   | 21      | yes       | 32        | per frame (v2 layout)  | per frame        | SD1.5 |
+| conv-ablation | 20    | no        | none      | per frame (inflated)   | per frame        | SD1.5 |
+
+``conv-ablation`` is not a released format: it is the paper's §5.3 ablation, the v3 placement with every temporal
+self-attention replaced by a kernel-3 temporal convolution of the same parameter count (motion_conv.py). Train it
+with ``animatediff train motion-module --motion_preset conv-ablation``; its files load back with this preset.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class MotionModuleConfig:
     position_encoding_length: int | None = 32  # max frames; None = no position encoding at all
     norm_num_groups: int = 32
     zero_initialize: bool = True
+    # "attention": the paper's temporal Transformer; "conv": the §5.3 ablation (motion_conv.py), where each of the
+    # num_attention_blocks temporal self-attentions is a kernel-3 temporal convolution instead.
+    temporal_layer: str = "attention"
     # Why two GroupNorm switches: v1 was trained with plain GroupNorm on 5-D tensors in the ResNets
     # (statistics pooled over frames, `use_inflated_groupnorm: false`); the SDXL beta does the same
     # inside its motion modules. v2/v3 normalise every frame on its own.
@@ -71,6 +79,9 @@ MOTION_PRESETS: dict[str, MotionModuleConfig] = {
     "animatelcm": MotionModuleConfig(name="animatelcm", mid_block=True, position_encoding_length=64, scheduler_preset="animatelcm"),
     # AnimateDiff-Lightning is distilled from v2 and ships in the v2 layout.
     "lightning": MotionModuleConfig(name="lightning", mid_block=True, position_encoding_length=32, scheduler_preset="lightning"),
+    # Not an official format: the paper's §5.3 ablation (temporal convolution in place of temporal attention),
+    # placed as v3 (the demo recipe's preset). No position encoding: the convolution sees frame order itself.
+    "conv-ablation": MotionModuleConfig(name="conv-ablation", position_encoding_length=None, temporal_layer="conv"),
 }
 
 

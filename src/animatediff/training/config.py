@@ -33,7 +33,7 @@ class TrainConfig:
     # ---- models -----------------------------------------------------------------------------------
     base_model: str | None = None  # diffusers folder or single .safetensors/.ckpt file (SD1.5)
     motion_module: str | None = None  # motion-module: optional init (finetune); motion-lora: required
-    motion_preset: str = "v3"  # architecture of a freshly initialised motion module set
+    motion_preset: str = "v3"  # architecture of a freshly initialised motion module set (conv-ablation: the paper's §5.3 ablation)
     domain_adapter: str | None = None  # motion-module / motion-lora: merged into the frozen UNet at scale 1
     lora_rank: int = 64  # motion-lora (official ~64) and domain-adapter (official ~128)
     lora_alpha: float | None = None  # LoRA scale = alpha / rank; None -> scale 1 (the official merge convention)

@@ -158,7 +158,11 @@ def build(config: TrainConfig, base: BaseModel, motion: MotionModules | None = N
         if config.mode == "motion-module":
             trainable = motion
         else:
-            trainable = lora = LoRANetwork(motion_attention_targets(motion), config.lora_rank, config.lora_scale)
+            targets = motion_attention_targets(motion)
+            if not targets:  # the conv-ablation preset (motion_conv.py) has no temporal attention to adapt
+                raise UserInputError(f"the {motion.config.name} motion module has no temporal attention for MotionLoRA",
+                                     field="motion_module", value=config.motion_module)
+            trainable = lora = LoRANetwork(targets, config.lora_rank, config.lora_scale)
     trainable.requires_grad_(True)
     if lora is not None:
         lora.attach()

@@ -10,7 +10,7 @@ tried in this order; the first that matches decides (docs/formats.md has the sam
 | domain-adapter v3    | processor-format LoRA on spatial ``attentions.*.attn1/attn2`` holding what the official ``v3_sd15_adapter.ckpt`` holds: q/k/v/out of attn1 and attn2 in all 16 SD1.5 transformer blocks at rank 128, cross-attention input 768 (or that full layout in a file named ``*adapter*``) |
 | processor-lora       | any other processor-format LoRA on spatial attention: the same key layout, so it is reported as "processor-format LoRA (domain adapter layout)" |
 | lora (format: diffusers, peft) | ``lora_A``/``lora_B`` (or ``.lora.down``, ``.lora_linear_layer.down``) under ``unet.``/``text_encoder[_2].`` (diffusers) or ``base_model.model.`` (PEFT) |
-| motion-module        | ``*.motion_modules.*.temporal_transformer.*`` (official) or ``.attn1`` without ``temporal_transformer`` (diffusers MotionAdapter) |
+| motion-module        | ``*.motion_modules.*.temporal_transformer.*`` (official) or ``.attn1`` without ``temporal_transformer`` (diffusers MotionAdapter); ``*.motion_modules.*.temporal_conv.*``: this project's conv-ablation preset |
 | sd15/sdxl-checkpoint | LDM ``model.diffusion_model.*`` (SDXL: ``conditioner.embedders.1.model.*``)      |
 | diffusers-unet       | ``conv_in.weight`` and ``down_blocks.*`` (SDXL: ``add_embedding.*``)              |
 
@@ -20,6 +20,7 @@ attention blocks and mid block always come from the file):
 
 | version    | told apart by                                                                               |
 |------------|---------------------------------------------------------------------------------------------|
+| conv-ablation | ``temporal_conv`` keys: the paper's §5.3 temporal-convolution ablation, trained with that preset (not an official format) |
 | sdxl-beta  | highest ``down_blocks`` index 2 (3 down blocks; SD1.5 has 4)                                |
 | lightning  | a mid block, and "lightning" in the file name (its keys are v2's)                           |
 | animatelcm | a mid block, and the position encodings not all stored: none at all in the official layout (``AnimateLCM_sd15_t2v.ckpt`` deletes them), or only part of them (diffusers' copy of AnimateLCM; every v2 release stores one per attention block, official, or per transformer block, diffusers) |
@@ -116,6 +117,7 @@ def detect_motion_module(state_dict: dict, name: str = "") -> dict | None:
     pe_holders: set[str] = set()
     pe_length = None
     layout = "diffusers" if is_diffusers_motion_layout(state_dict) else "official"
+    conv = False  # temporal_conv keys: the §5.3 ablation (motion_conv.py), official-style placement
     # "<block>.<k>.transformer_blocks.<j>" + ".attention_blocks.<a>" (official) / ".attn1" or ".pos_embed" (diffusers)
     slot = re.compile(r"^(.*?\.transformer_blocks\.\d+)(\.attention_blocks\.\d+|\.attn\d|\.pos_embed)\.")
     for key, value in state_dict.items():
@@ -123,14 +125,15 @@ def detect_motion_module(state_dict: dict, name: str = "") -> dict | None:
         if not match:
             continue
         block, down, up, index, rest = match.groups()
-        if layout == "official" and not rest.startswith("temporal_transformer."):
+        if layout == "official" and not rest.startswith(("temporal_transformer.", "temporal_conv.")):
             continue
-        rest = rest.removeprefix("temporal_transformer.")
+        conv = conv or rest.startswith("temporal_conv.")
+        rest = rest.removeprefix("temporal_transformer.").removeprefix("temporal_conv.")
         kind = "down" if down is not None else "up" if up is not None else "mid"
         modules.setdefault((kind, int(down or up or 0)), set()).add(int(index))
         if kind == "down" and rest == "norm.weight":
             channels[int(down)] = _shape(value)[0]
-        attention = re.search(r"\.(attention_blocks\.\d+|attn\d)\.", rest)
+        attention = re.search(r"\.(attention_blocks\.\d+|attn\d|convs\.\d+)\.", rest)  # convs: the ablation's
         if attention:
             attention_blocks.add(attention.group(1))
         found = slot.match(f"{block}.{index}.{rest}")
@@ -147,7 +150,9 @@ def detect_motion_module(state_dict: dict, name: str = "") -> dict | None:
     base = "sdxl" if num_down == 3 else "sd15"
     lower = Path(str(name)).name.lower()
     partial_pe = 0 < len(pe_holders) < len(pe_slots)
-    if base == "sdxl":
+    if conv:
+        version = "conv-ablation"
+    elif base == "sdxl":
         version = "sdxl-beta"
     elif mid_block and "lightning" in lower:
         version = "lightning"
@@ -165,6 +170,7 @@ def detect_motion_module(state_dict: dict, name: str = "") -> dict | None:
         "layers_per_block": len(modules[("down", 0)]),
         "num_attention_blocks": max(len(attention_blocks), 1),
         "mid_block": mid_block,
+        "temporal_layer": "conv" if conv else "attention",
         "pe_length": pe_length,
         "pe_stored": len(pe_holders),
         "pe_slots": len(pe_slots),
@@ -295,6 +301,8 @@ def detect_kind(state_dict: dict, name: str = "") -> FileDescription:
         details["position_encoding"] = f"{motion['pe_length']} frames" if motion["pe_length"] else "not stored"
         if 0 < motion["pe_stored"] < motion["pe_slots"]:
             details["position_encoding"] += f" (stored in {motion['pe_stored']} of {motion['pe_slots']} places)"
+        if motion["temporal_layer"] == "conv":
+            details["architecture"] = "temporal convolution: the paper's §5.3 ablation (preset conv-ablation), not an official format"
         return FileDescription("motion-module", motion["version"], _num_params(state_dict, skip_pe=True), motion["base"], details)
     base = detect_ldm_base(keys)
     if base is not None:

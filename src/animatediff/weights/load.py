@@ -307,12 +307,18 @@ def _read_motion_source(source) -> tuple[dict, str, dict]:
 
 
 def motion_config_from_state_dict(state_dict: dict, name: str = "", preset: str | None = None) -> MotionModuleConfig:
-    """Detect the preset (v1/v2/v3/sdxl-beta/animatelcm/lightning) of an official-layout motion module state
-    dict and adapt its channels, layers per block and attention count to what the file contains."""
+    """Detect the preset (v1/v2/v3/sdxl-beta/animatelcm/lightning, or the conv-ablation preset's ``temporal_conv``
+    keys) of an official-layout motion module state dict and adapt its channels, layers per block and attention
+    (or convolution) count to what the file contains. A ``preset`` of the other temporal layer (a transformer
+    preset for a conv-ablation file or the reverse) is a ``UserInputError`` naming ``motion_preset``."""
     found = detect_motion_module(state_dict, name)
     if found is None:
         raise UserInputError(f"{name}: no motion-module keys (*.motion_modules.*.temporal_transformer.*) found")
     config = get_preset(preset or found["version"])
+    if config.temporal_layer != found["temporal_layer"]:  # conv-ablation vs a transformer preset: no strict load can work
+        held = ("a temporal-convolution motion module (the §5.3 ablation; preset conv-ablation)" if found["temporal_layer"] == "conv"
+                else f"a temporal-transformer motion module ({found['version']})")
+        raise UserInputError(f"{name} holds {held}; preset {config.name} does not fit it", field="motion_preset", value=preset)
     pe_length = found["pe_length"]
     return dataclasses.replace(
         config,

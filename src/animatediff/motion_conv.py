@@ -1,0 +1,91 @@
+"""The paper's §5.3 ablation: a motion module whose temporal mixing is a 1-D convolution over frames.
+
+"We replace the temporal attention with 1D temporal convolution and ensured that the two model parameters were
+closely aligned." Everything else is the transformer module's (motion_module.py): the same placement and
+``(b f) c h w`` input/output, GroupNorm -> proj_in -> blocks -> zero-initialised proj_out, plus the residual, and
+the same pre-LayerNorm block with its GEGLU feed-forward. Only each ``VersatileAttention`` becomes a
+``TemporalConv``: a kernel-3 convolution over frames -> SiLU -> a pointwise ``to_out``. Its 3 kernel taps (3 C^2)
+take the place of Q, K, V (3 C^2) and ``to_out`` is the attention's own, so a module holds
+``22 C^2 + 23 C`` parameters against the transformer's ``22 C^2 + 21 C`` (tests/test_motion_conv.py counts both).
+
+Not an official checkpoint format: keys are ``...motion_modules.{k}.temporal_conv.*`` (the ``conv-ablation``
+preset; weights/detect.py recognises them). There is no position encoding; the convolution sees frame order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from torch import nn
+
+from .presets import MotionModuleConfig
+
+
+class TemporalConv(nn.Module):
+    """In place of one temporal self-attention: ``to_out(silu(conv_k3(x)))`` over the frame axis."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        # Why zero padding: the 'same' padding of video diffusion's temporal convolutions; it also lets the module
+        # tell the first and last frames from the others (the transformer learns that from its position encoding).
+        self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1, padding_mode="zeros")
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
+        y = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (b h w) f c -> (b h w) c f -> conv -> (b h w) f c
+        return self.to_out(F.silu(y))
+
+
+class TemporalConvBlock(nn.Module):
+    """``TemporalTransformerBlock`` with convolutions: ``x += conv_j(norm_j(x))`` for each, then ``x += ff(ff_norm(x))``."""
+
+    def __init__(self, dim: int, num_convs: int):
+        super().__init__()
+        self.convs = nn.ModuleList(TemporalConv(dim) for _ in range(num_convs))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_convs))
+        self.ff = FeedForward(dim, dropout=0.0, activation_fn="geglu")  # net.0.proj (8C, C), net.2 (C, 4C)
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (b h w, f, c)
+        for conv, norm in zip(self.convs, self.norms):
+            x = conv(norm(x)) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalConv3DModel(nn.Module):
+    """GroupNorm -> proj_in -> temporal convolution blocks -> proj_out, with a residual around it all.
+
+    ``config.num_attention_blocks`` convolutions per block (2, as the transformer's two self-attentions)."""
+
+    def __init__(self, channels: int, config: MotionModuleConfig):
+        super().__init__()
+        self.groupnorm_across_frames = config.motion_groupnorm_across_frames
+        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6, affine=True)
+        self.proj_in = nn.Linear(channels, channels)
+        self.blocks = nn.ModuleList(TemporalConvBlock(channels, config.num_attention_blocks)
+                                    for _ in range(config.num_transformer_blocks))
+        self.proj_out = nn.Linear(channels, channels)
+        if config.zero_initialize:
+            # Why: a fresh module is then an identity map, so training starts from the image model (paper §4.2).
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
+
+    def _group_norm(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # as TemporalTransformer3DModel's
+        if not self.groupnorm_across_frames:
+            return self.norm(x)  # statistics per frame, frames are in the batch
+        bf, c, h, w = x.shape
+        x = self.norm(x.view(bf // num_frames, num_frames, c, h, w).transpose(1, 2))  # (b f) c h w -> b c f h w
+        return x.transpose(1, 2).reshape(bf, c, h, w)  # b c f h w -> (b f) c h w
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        bf, c, h, w = hidden_states.shape  # (b f) c h w
+        b = bf // num_frames
+        x = self._group_norm(hidden_states, num_frames)
+        x = x.view(b, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, num_frames, c)  # -> (b h w) f c
+        x = self.proj_in(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.proj_out(x)
+        x = x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)  # -> (b f) c h w
+        return x + hidden_states
