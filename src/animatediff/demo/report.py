@@ -7,7 +7,10 @@ Runs :func:`animatediff.demo.reproduce.run` on the bundled demo family (or ``--m
     docs/reproduction/*.gif, *.png    example animations, the default clips (default-*.gif) and the Fig. 6 strip
     docs/reproduction/clips.json      every clip's metrics
 
-Under 20 minutes on 2 CPU cores with the default grid; ``--quick`` runs a tiny grid for development.
+Under 20 minutes on 2 CPU cores with the default grid; ``--quick`` runs a tiny grid for development.  Works on
+either demo family (v1: 64 px, v2: 128 px): sizes and sampling come from the family's ``demo.json``.
+``--clip-towers DIR`` picks the contrastive towers of the CLIP-score stand-in (default: the family's
+``text-encoder/``, else ``demo-v2/text-encoder`` when present; without towers those columns read "not available").
 """
 
 from __future__ import annotations
