@@ -569,8 +569,6 @@ def _sweeps(runner: _Runner, animator: Animator, results: Results, files: ModelF
             grid: list[tuple[str, int]], adapter: tuple[str, float] | None, settings: Settings) -> None:
     """Fig. 7 efficiency: train one MotionLoRA per (rank, number of reference videos) with the project's training
     loop and the family's own MotionLoRA recipe, then measure its camera-move accuracy like the bundled ones."""
-    import tempfile
-
     from ..training.config import load_config
     from ..training.loop import train
 
