@@ -44,9 +44,10 @@ def test_model_files_need_base_and_motion_module(tmp_path):
     files = reproduce.model_files(tmp_path)
     assert files.personal is None and files.personal_lora is None and files.domain_adapter is None
     assert list(files.motion_loras) == ["ZoomIn"]
-    # AnimateDiff + frame-by-frame (2 prompts); no-LoRA control + ZoomIn (1 camera prompt); 5 sweep LoRAs x 1 clip
+    # AnimateDiff + frame-by-frame (2 prompts); no-LoRA control + ZoomIn (1 camera prompt); 5 sweep LoRAs x 1 clip;
+    # the default clip's 4 prompts x 4 seeds
     assert reproduce.sweep_points(TINY) == [(2, 50), (8, 50), (32, 50), (8, 5), (8, 500)]
-    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2 + 5, "image": 0, "training": 5}
+    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2 + 5 + 16, "image": 0, "training": 5}
 
 
 def _clip(experiment, condition, spec, frames, seed=0, settings=TINY):

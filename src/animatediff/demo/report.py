@@ -4,10 +4,13 @@ Runs :func:`animatediff.demo.reproduce.run` on the bundled demo family (or ``--m
 
     docs/reproduction.md              the report: targets, Table 1 / Fig. 6 / Fig. 7 analogs, settings, hashes
     docs/reproduction/plot.png        the one plot (adapter sweep, camera-move accuracy, warping error)
-    docs/reproduction/*.gif, *.png    example animations (64x64) and the Fig. 6 first-frame strip
+    docs/reproduction/*.gif, *.png    example animations, the default clips (default-*.gif) and the Fig. 6 strip
     docs/reproduction/clips.json      every clip's metrics
 
-Under 20 minutes on 2 CPU cores with the default grid; ``--quick`` runs a tiny grid for development.
+Under 20 minutes on 2 CPU cores with the default grid; ``--quick`` runs a tiny grid for development.  Works on
+either demo family (v1: 64 px, v2: 128 px): sizes and sampling come from the family's ``demo.json``.
+``--clip-towers DIR`` picks the contrastive towers of the CLIP-score stand-in (default: the family's
+``text-encoder/``, else ``demo-v2/text-encoder`` when present; without towers those columns read "not available").
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import reproduce
+from . import clip_score, reproduce
 from ..errors import UserInputError
 from ..presets import CAMERA_MOVES
 from ..training import augment
@@ -39,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # --quick: a tiny grid for development, on top of the family's generation defaults
 QUICK = dict(num_frames=8, steps=4, table_prompts=2, seeds=(11,), camera_prompts=1, camera_seeds=(11,), ceiling_clips=2,
-             sweep_ranks=(2,), sweep_videos=(5,))
+             sweep_ranks=(2,), sweep_videos=(5,), default_seeds=(42,))
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -62,6 +65,24 @@ def write_examples(results: Results, folder: Path) -> list[tuple[str, str, str]]
         save_video(clip.frames, folder / name, settings.fps)  # no settings sidecar next to a docs example
         examples.append((name, clip.condition, f"{clip.prompt} (seed {clip.seed})"))
     return examples
+
+
+def default_gif_name(prompt_index: int, seed: int | None) -> str:
+    """``default-1-seed42.gif`` for a generated default clip, ``default-1-truth.gif`` for its ground truth."""
+    return f"default-{prompt_index + 1}-" + ("truth" if seed is None else f"seed{seed}") + ".gif"
+
+
+def write_default_gifs(results: Results, folder: Path) -> list[str]:
+    """Every default clip and each prompt's ground-truth clip as a GIF in ``folder``; returns the file names."""
+    names = []
+    for i, prompt in enumerate(reproduce.DEFAULT_PROMPTS):
+        for clip in results.select("default-truth", prompt) + results.select("default", prompt):
+            if clip.frames is None:
+                continue
+            name = default_gif_name(i, None if clip.experiment == "default-truth" else clip.seed)
+            save_video(clip.frames, folder / name, results.settings.fps)  # no settings sidecar next to a docs example
+            names.append(name)
+    return names
 
 
 def write_adapter_strip(results: Results, path: Path, rows: int = 3) -> bool:
@@ -196,6 +217,18 @@ def _why(results: Results, target: reproduce.Target) -> str:
                 f"{part(own, 'outline')} (animation vs own images).")
     if target.claim.startswith("text alignment"):
         return "Per attribute kind: " + _attribute_breakdown(results, reproduce.ANIMATEDIFF_BASE) + "."
+    if target.claim.startswith("two MotionLoRAs"):
+        combined = reproduce.combined_table(results)
+        return ("Each move alone: " + ", ".join(f"{k} {_f(v, percent=True)}" for k, v in combined["present"].items())
+                + ".") if combined else ""
+    if target.claim.startswith("the default clip"):
+        key = "object_present" if "shows the named object" in target.claim else "named_correct"
+        rows = [r for r in reproduce.default_table(results) if r["prompt"] != "all prompts"]
+        return "Per prompt: " + "; ".join(f"{r['prompt'].split(' on a ')[0]} {_f(r[key], percent=True)}"
+                                          for r in rows) + "." if rows else ""
+    if target.claim.startswith("no-flag generate"):
+        return ("The README's prompt, seed 42, the family's own generation defaults (also under `--quick`), one run "
+                "in a fresh process (startup and model load included) while nothing else of the report runs.")
     return ""
 
 
@@ -218,15 +251,18 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
     out = ["# Reproducing the paper's claims on the bundled demo family", "",
            "AnimateDiff (Guo et al., ICLR 2024) claims, measured at small scale on the project's own demo model "
            "family (a small Stable-Diffusion-structured model trained on the synthetic shapes world of "
-           "`animatediff.demo.world`). CLIP is not available here, so the metrics are the weight-free stand-ins of "
-           "`animatediff.metrics` and `animatediff.demo.scores` (formulas: `../shared/reference/metrics.md`); "
-           "numbers are not comparable with the paper's, only the direction of each claim is. **This file is generated; do not edit it by hand.**", "",
+           "`animatediff.demo.world`). CLIP ViT is not available here, so the metrics are the weight-free stand-ins of "
+           "`animatediff.metrics` and `animatediff.demo.scores` (formulas: `../shared/reference/metrics.md`) and, "
+           "where the family has them, its own contrastive text/image towers as a CLIP-score analog "
+           "(`animatediff.demo.clip_score`); numbers are not comparable with the paper's, only the direction of each "
+           "claim is. **This file is generated; do not edit it by hand.**", "",
            _table(["", ""], [[k, v] for k, v in header.items()]), ""]
 
-    out += ["## Targets (issue 4)", "",
+    out += ["## Targets (issue 11)", "",
             _table(["claim", "target", "measured", "result", "why / detail"],
                    [[t.claim, t.target, t.measured, {True: "**PASS**", False: "**MISS**", None: "not run"}[t.passed],
                      _why(results, t)] for t in reproduce.targets(results)]), ""]
+    out += render_default_clips(results)
 
     n = s.table_prompts * len(s.seeds)
     out += ["## Table 1 analog: animating personalised models", "",
@@ -236,13 +272,16 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
             "score of the animation ÷ that of the personalised model's own images (same prompts and seeds, single "
             "images without motion module). *Smooth*: warping error (lower is smoother). *Dynamic*: share of clips "
             "VBench's dynamic-degree rule calls dynamic, and the mean top-5 % flow per frame as a fraction of the frame. "
-            f"The domain adapter is at scale {s.table_adapter_scale:g} here.", ""]
+            f"{_clip_columns_note(results)} The domain adapter is at scale {s.table_adapter_scale:g} here.", ""]
     rows = reproduce.table1(results)
-    out += [_table(["method", "clips", "text: attribute acc.", "style score", "own images' style", "domain similarity",
-                    "smooth: warping error", "dynamic clips", "dynamic degree", "s / clip"],
-                   [[r["condition"], str(r["clips"]), _f(r["attribute_accuracy"], percent=True), _f(r["style"]),
-                     _f(r["own_style"]), _f(r["domain_similarity"], percent=True), _f(r["warping_error"], 5),
-                     _f(r["dynamic_share"], percent=True), _f(r["dynamic_degree"], 4), _f(r["seconds"], 1)]
+    clip_cell = (lambda v: _f(v)) if results.clip_towers is not None else (lambda v: "not available")  # noqa: E731
+    out += [_table(["method", "clips", "text: attribute acc.", "text: CLIP-analog", "style score", "own images' style",
+                    "domain similarity", "domain: CLIP-analog", "smooth: warping error", "dynamic clips",
+                    "dynamic degree", "s / clip"],
+                   [[r["condition"], str(r["clips"]), _f(r["attribute_accuracy"], percent=True), clip_cell(r["clip_text"]),
+                     _f(r["style"]), _f(r["own_style"]), _f(r["domain_similarity"], percent=True),
+                     clip_cell(r["clip_domain"]), _f(r["warping_error"], 5), _f(r["dynamic_share"], percent=True),
+                     _f(r["dynamic_degree"], 4), _f(r["seconds"], 1)]
                     for r in rows]), ""]
     style_data = results.select("reference", "personal style images (training data)")
     if style_data:
@@ -315,7 +354,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
             ""]
 
     if examples:
-        out += ["## Examples", "", "64×64, shown at 2×. Same prompt and seed across the first rows.", "",
+        out += ["## Examples", "", f"{s.width}×{s.height}, shown at 128 px. Same prompt and seed across the first rows.", "",
                 _table(["", "condition", "prompt"],
                        [[f'<img src="reproduction/{name}" width="128">', cond, prompt] for name, cond, prompt in examples]),
                 ""]
@@ -329,6 +368,52 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
     return "\n".join(out)
 
 
+def _clip_columns_note(results: Results) -> str:
+    """What the two CLIP-analog columns are, and which towers measured them (or why not)."""
+    if results.clip_towers is None:
+        return (f"*CLIP-analog* columns: {results.skipped.get('CLIP score', 'not available')} "
+                "(`--clip-towers DIR` gives a folder written by `animatediff.demo.clip.save_towers`).")
+    return ("*CLIP-analog*: contrastive text and image towers trained on the world's image-caption pairs "
+            f"(`demo/clip.py`, `{_display(results.clip_towers)}`): *text* = mean cosine similarity of each frame to the prompt "
+            "(CLIP score analog; ground truth of the same prompts in the first row), *domain* = mean cosine "
+            "similarity of each frame to the personalised model's own image of the same prompt and seed, image to "
+            "image (the paper's CLIP domain score analog).")
+
+
+def render_default_clips(results: Results) -> list[str]:
+    """The default-clip section (issue 11): per prompt the scores, ground truth beside them, and the GIFs."""
+    s = results.settings
+    rows = reproduce.default_table(results)
+    out = ["## Default clip: what `animatediff generate \"PROMPT\"` makes", ""]
+    if not rows:
+        return out + ["**Not run** (`default` not in the run's experiments).", ""]
+    clip_cell = (lambda v: _f(v)) if results.clip_towers is not None else (lambda v: "not available")  # noqa: E731
+    out += [f"The README's prompt (`make demo`) and three more one-object prompts × {len(s.default_seeds)} "
+            f"seed{'s' if len(s.default_seeds) != 1 else ''} "
+            f"({', '.join(map(str, s.default_seeds))}), generated as `animatediff generate PROMPT --seed SEED` does "
+            f"with no model flags: the family's generation defaults ({s.num_frames} frames, {s.width}×{s.height}, "
+            f"{s.steps} steps), no domain adapter, no LoRA. *Colour + shape*: share of clips in which the named "
+            "colour and shape are both found in at least half of the sampled frames (`scores.attribute_accuracy`). "
+            "*Object present*: share of frames in which a blob of the named colour has the named shape "
+            "(`scores.object_presence`). *Ground truth*: the prompt's scene rendered by the world (the training "
+            "data's look, watermark included).", "",
+            _table(["prompt", "clips", "attribute acc.", "colour + shape", "object present (truth)",
+                    "warping error (truth)", "CLIP-analog text (truth)", "dynamic clips", "s / clip"],
+                   [[r["prompt"], str(r["clips"]), _f(r["attribute_accuracy"], percent=True),
+                     _f(r["named_correct"], percent=True),
+                     f"{_f(r['object_present'], percent=True)} ({_f(r['truth_object_present'], percent=True)})",
+                     f"{_f(r['warping_error'], 5)} ({_f(r['truth_warping_error'], 5)})",
+                     f"{clip_cell(r['clip_text'])} ({clip_cell(r['truth_clip_text'])})",
+                     _f(r["dynamic_share"], percent=True), _f(r["seconds"], 1)] for r in rows]), ""]
+    width = max(128, s.width)
+    cells = []
+    for i, prompt in enumerate(reproduce.DEFAULT_PROMPTS):
+        gifs = [default_gif_name(i, None)] + [default_gif_name(i, c.seed) for c in results.select("default", prompt)]
+        cells.append([prompt] + [f'<img src="reproduction/{g}" width="{width}">' for g in gifs])
+    out += [_table(["prompt", "ground truth"] + [f"seed {seed}" for seed in s.default_seeds], cells), ""]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="docs", help="folder for reproduction.md and reproduction/ (default: docs)")
     parser.add_argument("--quick", action="store_true", help="a tiny grid for development (not the report's numbers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see below)")
+    parser.add_argument("--clip-towers", default=None, metavar="DIR",
+                        help="contrastive towers for the CLIP-score stand-in (a folder written by demo/clip.py's "
+                             "save_towers; default: the family's text-encoder/, else demo-v2/text-encoder if present)")
     return parser
 
 
@@ -348,9 +436,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         files = reproduce.model_files(args.models)
+        towers, towers_why = clip_score.find_towers(files.root, args.clip_towers)
     except UserInputError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except ValueError as e:  # --clip-towers without towers
+        sys.stderr.write(f"error: --clip-towers {e}\n")
+        return 2
+    logger.info("CLIP-score stand-in: %s", f"{towers} ({towers_why})" if towers else towers_why)
     # Why 1 thread: the demo models are too small to gain from intra-op threads, and on a shared 2-core machine
     # two OpenMP threads competing with another process made a 16-frame clip ~20x slower (35 s vs 1.6 s).
     import torch
@@ -359,10 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = reproduce.settings_for(files)
     settings = dataclasses.replace(settings, **QUICK) if args.quick else settings
     start = time.perf_counter()
-    results = reproduce.run(files, settings)
+    results = reproduce.run(files, settings, clip_towers=towers)
+    if towers is None:
+        results.skipped["CLIP score"] = towers_why
     out, folder = Path(args.out), Path(args.out) / "reproduction"
     folder.mkdir(parents=True, exist_ok=True)
     examples = write_examples(results, folder)
+    write_default_gifs(results, folder)
     strip = write_adapter_strip(results, folder / "adapter-first-frames.png")
     write_plot(results, folder / "plot.png")
     (folder / "clips.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in clips_json(results)) + "\n]\n")
@@ -378,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     header.update({f"model: {role}": f"`{_display(path)}` sha256 `{reproduce.path_sha256(path)[:16]}`"
                    for role, path in files.listing().items()})
+    if towers is not None and towers != files.clip_towers:  # towers from outside the family
+        header["CLIP-analog towers"] = f"`{_display(towers)}` sha256 `{reproduce.path_sha256(towers)[:16]}` ({towers_why})"
     (out / "reproduction.md").write_text(render(results, header, examples, strip))
     logger.info("wrote %s in %.0fs", out / "reproduction.md", time.perf_counter() - start)
     return 0

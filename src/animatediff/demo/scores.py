@@ -70,6 +70,11 @@ def _components(classes: np.ndarray, color_index: int, min_area: int, max_area: 
     return [labels == i for i in range(1, count) if min_area <= stats[i, cv2.CC_STAT_AREA] <= max_area]
 
 
+def _blob_area_limits(height: int, width: int) -> tuple[int, int]:
+    """(min, max) pixel area of a blob that can be one of the world's objects (not noise, not the background)."""
+    return max(6, int(0.003 * height * width)), int(0.3 * height * width)
+
+
 def attribute_accuracy(frames: np.ndarray, prompt: str, num_samples: int = 4) -> dict:
     """Fraction of the prompt's attributes found in the frames (a text-alignment stand-in for CLIP).
 
@@ -81,7 +86,7 @@ def attribute_accuracy(frames: np.ndarray, prompt: str, num_samples: int = 4) ->
     parsed = parse_prompt(prompt)
     names = list(world.COLORS)
     height, width = frames.shape[1:3]
-    min_area, max_area = max(6, int(0.003 * height * width)), int(0.3 * height * width)
+    min_area, max_area = _blob_area_limits(height, width)
     border = np.ones((height, width), bool)
     bh, bw = max(1, height // 10), max(1, width // 10)
     border[bh:-bh, bw:-bw] = False
@@ -102,6 +107,31 @@ def attribute_accuracy(frames: np.ndarray, prompt: str, num_samples: int = 4) ->
     scores = {k: float(np.mean(v)) for k, v in per_attribute.items()}
     accuracy = float(np.mean(list(scores.values()))) if scores else float("nan")
     return {"accuracy": accuracy, "attributes": scores}
+
+
+def object_presence(frames: np.ndarray, prompt: str) -> dict:
+    """Share of frames in which every object the prompt names ("colour shape") is detected: a blob of that colour
+    (``color_classes``, size limits as in :func:`attribute_accuracy`) that ``classify_shape`` calls that shape.
+    Every frame is scored (not a sample), so an object that blinks out for a few frames lowers the share.
+
+    ``frames``: (num_frames, H, W, 3) or one image (H, W, 3) uint8.  Returns ``share`` (in [0, 1]; NaN when the
+    prompt names no object), ``objects`` (per "colour shape": its own share of frames) and ``per_frame`` (0/1)."""
+    frames = np.asarray(frames)
+    frames = frames[None] if frames.ndim == 3 else frames
+    objects = parse_prompt(prompt)["objects"]
+    if not objects:
+        return {"share": float("nan"), "objects": {}, "per_frame": []}
+    names = list(world.COLORS)
+    min_area, max_area = _blob_area_limits(*frames.shape[1:3])
+    found = np.zeros((len(frames), len(objects)), bool)  # (num_frames, objects)
+    for t, frame in enumerate(frames):
+        classes = color_classes(frame)
+        for j, (color, shape) in enumerate(objects):
+            found[t, j] = any(classify_shape(b) == shape
+                              for b in _components(classes, names.index(color), min_area, max_area))
+    every = found.all(axis=1)
+    return {"share": float(every.mean()), "per_frame": [int(v) for v in every],
+            "objects": {f"{c} {s}": float(found[:, j].mean()) for j, (c, s) in enumerate(objects)}}
 
 
 def watermark_score(frames: np.ndarray) -> float:
