@@ -90,7 +90,7 @@ def test_build_v2_stages_smoke(tmp_path):
     assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
     record = json.loads((work / "stages.json").read_text())
     assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
-                           "domain-adapter-v2", "motion-module-v2"} | {f"motion-lora-v2-{m}" for m in CAMERA_MOVES}
+                           "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2"} | {f"motion-lora-v2-{m}" for m in CAMERA_MOVES}
     assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
     assert (work / "vae" / "config.json").is_file() and not (tmp_path / "unused").exists()
     assert record["text-encoder"]["steps"] == 20 and "shape" in record["text-encoder"]["zero_shot_single_object"]
@@ -114,6 +114,7 @@ def test_build_v2_stages_smoke(tmp_path):
     bundle = work / "bundle"  # package-v2: the bundled layout, which the generator loads as the bundled family
     meta = json.loads((bundle / "demo.json").read_text())
     assert meta["generation_defaults"]["width"] == 128 and (bundle / "text-encoder" / "image_tower.safetensors").is_file()
+    assert (bundle / "ablation" / "motion_module_conv.safetensors").is_file()
     assert sorted(p.stem for p in (bundle / "motion_loras").glob("*.safetensors")) == sorted(CAMERA_MOVES)
     from animatediff.api import Animator
 

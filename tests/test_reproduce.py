@@ -48,6 +48,11 @@ def test_model_files_need_base_and_motion_module(tmp_path):
     # the default clip's 4 prompts x 4 seeds
     assert reproduce.sweep_points(TINY) == [(2, 50), (8, 50), (32, 50), (8, 5), (8, 500)]
     assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2 + 5 + 16, "image": 0, "training": 5}
+    (tmp_path / "ablation").mkdir()  # the §5.3 temporal-conv module: one more Table 1 row of 2 clips
+    (tmp_path / "ablation" / "motion_module_conv.safetensors").write_bytes(b"")
+    files = reproduce.model_files(tmp_path)
+    assert files.ablation_module == tmp_path / "ablation" / "motion_module_conv.safetensors"
+    assert reproduce.planned_generations(TINY, files)["clip"] == 2 + 2 + 2 + 2 + 5 + 16
 
 
 def _clip(experiment, condition, spec, frames, seed=0, settings=TINY):
@@ -117,6 +122,16 @@ def test_report_renders_tables_plot_and_examples(tmp_path):
     text = report.render(results, {"command": "`x`"}, examples, strip=False)
     assert "| motion module smooths the frames |" in text and "**PASS**" in text and "**MISS**" not in text
     assert "not run" in text  # the full finetune is absent
+
+
+def test_ablation_row_follows_the_motion_module_row():
+    results = _known_results()
+    frames = [c for c in results.select("table1", reproduce.FRAME_BY_FRAME)]
+    results.clips += [dataclasses.replace(c, condition=reproduce.ABLATION_CONV) for c in frames]
+    names = [r["condition"] for r in reproduce.table1(results)]
+    assert names.index(reproduce.ABLATION_CONV) == names.index(reproduce.ANIMATEDIFF_BASE) + 1
+    text = report.render(results, {"command": "`x`"}, [], strip=False)
+    assert f"| {reproduce.ABLATION_CONV} | 2 |" in text and "§5.3 ablation" in text
 
 
 def test_smoke_run_on_the_bundled_family():

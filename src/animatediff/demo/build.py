@@ -28,6 +28,7 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
     personal-v2     animatediff train image --config demo/personal-v2 (style set) -> <work>/personal
     personal-lora-v2, domain-adapter-v2, motion-module-v2
                     as v1's stages, with the demo/<stage> recipes at 128 px (16x16 latents)
+    motion-module-conv-v2  the paper's §5.3 ablation: the same stage with the temporal-convolution preset
     motion-loras-v2 x8 on clips of static objects (<work>/data/static-videos), so the camera is their only motion
     package-v2      the v2 family in the bundled layout (fp16) in <work>/bundle, with the CLIP towers
 
@@ -61,7 +62,7 @@ logger = logging.getLogger("animatediff.demo.build")
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
 V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
-             "domain-adapter-v2", "motion-module-v2", "motion-loras-v2", "package-v2")  # family v2 (issue 11), built so far: --family v2
+             "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2", "motion-loras-v2", "package-v2")  # family v2 (issue 11), built so far: --family v2
 V2_SIZE = 128  # pixels; the v2 VAE's 8x factor gives 16x16 latents
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
@@ -398,6 +399,14 @@ class Builder:
                        base_model=self.work / "base", caption_file=self.data / "videos.csv", domain_adapter=adapter,
                        **self._smoke_clips())
 
+    def stage_motion_module_conv_v2(self) -> None:
+        """The §5.3 ablation: the same stage with the temporal-convolution preset (recipe demo/motion-module-conv-v2)."""
+        adapter = self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors"
+        self.wait_for(adapter, "the v2 domain adapter")
+        self._v2_train("motion-module-conv-v2", "motion-module", self.runs / "motion-module-conv-v2" / "motion-module-final.safetensors",
+                       base_model=self.work / "base", caption_file=self.data / "videos.csv", domain_adapter=adapter,
+                       **self._smoke_clips())
+
     def stage_motion_loras_v2(self) -> None:
         """Eight camera MotionLoRAs on clips of STATIC objects (``world.write_dataset(moving=False)``), so the
         camera move the augmentation adds is the only motion in them (docs/demo-model.md, MotionLoRA diagnosis)."""
@@ -436,8 +445,13 @@ class Builder:
             "motion_loras": {m: runs / f"motion-lora-v2-{m}" / "motion-lora-final.safetensors" for m in CAMERA_MOVES},
         }, defaults={**GENERATION_DEFAULTS, "width": V2_SIZE, "height": V2_SIZE},
             text_encoder="trained contrastively with an image tower (demo/clip.py, stage text-encoder), then frozen",
-            extra=lambda tmp: shutil.copytree(self.work / "text-encoder", tmp / "text-encoder",
-                                              ignore=shutil.ignore_patterns("text_encoder")))
+            extra=self._v2_extras)
+
+    def _v2_extras(self, tmp: Path) -> None:
+        """The report's extras: the CLIP towers (text tower = base/text_encoder) and the §5.3 ablation module."""
+        shutil.copytree(self.work / "text-encoder", tmp / "text-encoder", ignore=shutil.ignore_patterns("text_encoder"))
+        _fp16_file(self.runs / "motion-module-conv-v2" / "motion-module-final.safetensors",
+                   tmp / "ablation" / "motion_module_conv.safetensors")
 
     # ---- package -------------------------------------------------------------------------------------
     def stage_package(self) -> None:

@@ -289,7 +289,11 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
                 f"{_f(float(np.mean([c.metrics['style']['score'] for c in style_data])))}; of the shapes videos: "
                 f"{_f(next((r['style'] for r in rows if r['condition'] == reproduce.TRAINING_DATA), float('nan')))}.", ""]
     out += [f"- {k}: {v}" for k, v in results.skipped.items() if k in
-            (reproduce.ANIMATEDIFF_PERSONAL, reproduce.ANIMATEDIFF_LORA)] + [""]
+            (reproduce.ANIMATEDIFF_PERSONAL, reproduce.ANIMATEDIFF_LORA, reproduce.ABLATION_CONV)] + [""]
+    out += [f"Row *{reproduce.ABLATION_CONV}* is the paper's §5.3 ablation: the same base, adapter, prompts and seeds "
+            "with the motion module whose temporal attentions are 1-D temporal convolutions of the same parameter "
+            "count (preset `conv-ablation`, trained with the motion module's recipe and budget). The paper found it "
+            "less smooth than the Transformer; compare its warping error with the row above it.", ""]
 
     out += ["## Fig. 6 analog: domain adapter scale 1 → 0", "",
             "The same prompts and seeds with the domain adapter merged at each scale. *Watermark score*: visibility of "

@@ -59,6 +59,7 @@ FRAME_BY_FRAME = "frame-by-frame T2I (base)"
 ANIMATEDIFF_BASE = "AnimateDiff (base)"
 ANIMATEDIFF_PERSONAL = "AnimateDiff (full finetune)"
 ANIMATEDIFF_LORA = "AnimateDiff (base + LoRA)"
+ABLATION_CONV = "ablation: 1-D temporal conv (base)"  # paper §5.3: the motion module's attention -> convolution
 TRAINING_DATA = "training data (ground truth)"
 
 
@@ -77,12 +78,13 @@ class ModelFiles:
     motion_loras: dict[str, Path] = field(default_factory=dict)  # camera move -> file
     metadata: Path | None = None
     clip_towers: Path | None = None  # text-encoder/: the contrastive towers (demo/clip.py), the CLIP stand-in
+    ablation_module: Path | None = None  # ablation/motion_module_conv.safetensors: preset conv-ablation (§5.3)
 
     def listing(self) -> dict[str, Path]:
         """Every file or folder of the family by role (for the report's hash table)."""
         named = {"base": self.base, "motion_module": self.motion_module, "personal": self.personal,
                  "personal_lora": self.personal_lora, "domain_adapter": self.domain_adapter,
-                 "metadata": self.metadata, "clip_towers": self.clip_towers}
+                 "metadata": self.metadata, "clip_towers": self.clip_towers, "ablation_module": self.ablation_module}
         named.update({f"motion_lora {move}": path for move, path in self.motion_loras.items()})
         return {k: v for k, v in named.items() if v is not None}
 
@@ -98,7 +100,8 @@ def model_files(models_dir: str | Path | None = None) -> ModelFiles:
     """The demo family's files under ``models_dir`` (default: the bundled family), in the bundled layout:
     ``base/`` (diffusers folder), ``motion_module.safetensors``, and optionally ``personal/``,
     ``personal-lora.safetensors``, ``domain_adapter.safetensors``, ``motion_loras/<Move>.safetensors``,
-    ``demo.json`` (training record and generation defaults), ``text-encoder/`` (contrastive towers, demo/clip.py)."""
+    ``demo.json`` (training record and generation defaults), ``text-encoder/`` (contrastive towers, demo/clip.py),
+    ``ablation/motion_module_conv.safetensors`` (the §5.3 temporal-convolution module)."""
     root = Path(models_dir) if models_dir is not None else bundled_dir()
     option = "--models" if models_dir is not None else "bundled demo family"
     base, motion = root / "base", root / "motion_module.safetensors"
@@ -116,6 +119,7 @@ def model_files(models_dir: str | Path | None = None) -> ModelFiles:
         motion_loras={move: path for move, path in loras.items() if path.is_file()},
         metadata=present(root / "demo.json"),
         clip_towers=root / "text-encoder" if clip_score.is_towers_folder(root / "text-encoder") else None,
+        ablation_module=present(root / "ablation" / "motion_module_conv.safetensors"),
     )
 
 
@@ -328,7 +332,7 @@ def planned_generations(settings: Settings, files: ModelFiles) -> dict[str, int]
     clips, images = n, 0  # AnimateDiff on the base
     if "table1" in settings.experiments:
         personal = sum(p is not None for p in (files.personal, files.personal_lora))
-        clips += n * (1 + personal)  # frame-by-frame, each personalised variant
+        clips += n * (1 + personal + (files.ablation_module is not None))  # frame-by-frame, personalised, ablation
         images += n * personal  # the personalised models' own images
     if "adapter" in settings.experiments and files.domain_adapter is not None:
         clips += n * sum(s != settings.table_adapter_scale for s in settings.adapter_scales)
@@ -406,6 +410,19 @@ def run(files: ModelFiles, settings: Settings | None = None,
 
     if "table1" not in settings.experiments:
         return _finish(results, runner, files, clip_towers)
+    if files.ablation_module is not None:  # §5.3: the same base, adapter and grid with the temporal-conv module
+        ablation = Animator.load(str(files.base), str(files.ablation_module), motion_preset="conv-ablation")
+        try:
+            ablation.set_loras(adapter=table_adapter)
+            for prompt, seed in grid:
+                runner.generate(ablation, "table1", ABLATION_CONV, prompt, seed)
+            ablation.clear_loras()
+        finally:
+            ablation.pipeline.close()
+        progress(ABLATION_CONV)
+    else:
+        results.skipped[ABLATION_CONV] = "not available: no ablation/motion_module_conv.safetensors in the family"
+
     # The base model as a plain T2I: frame-by-frame clips, and the LoRA's own images (domain reference).
     images = Animator(animator.base, None, sources={"model": str(files.base)})
     try:
@@ -611,7 +628,7 @@ def table1(results: Results) -> list[dict]:
     """One row per condition: attribute accuracy, style score (and its ratio to the personalised model's own
     images), warping error, share of dynamic clips, mean dynamic degree."""
     rows = []
-    for condition in (TRAINING_DATA, FRAME_BY_FRAME, ANIMATEDIFF_BASE, ANIMATEDIFF_PERSONAL, ANIMATEDIFF_LORA):
+    for condition in (TRAINING_DATA, FRAME_BY_FRAME, ANIMATEDIFF_BASE, ABLATION_CONV, ANIMATEDIFF_PERSONAL, ANIMATEDIFF_LORA):
         clips = results.select("table1", condition)
         if not clips:
             continue
