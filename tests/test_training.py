@@ -419,3 +419,17 @@ def test_runs_into_their_own_folder_replace_only_their_files(data, tmp_path):
     for marker in out.glob("*.json"):  # a folder from before the marker: recognised by latest + its checkpoint
         marker.unlink()
     train(make_config("image", data, out), base=tiny_base_model())
+
+
+def test_resume_from_an_earlier_checkpoint_rewrites_the_log_past_it(data, tmp_path):
+    """Rows logged after the checkpoint a run resumes from are dropped: the log has each step once."""
+    import csv
+
+    config = make_config("motion-module", data, tmp_path / "run", max_train_steps=3, checkpointing_steps=2,
+                         checkpoints_total_limit=None)
+    first = train(config, base=tiny_base_model())
+    second = train(config, base=tiny_base_model(), resume=tmp_path / "run" / "checkpoints" / "step-000002")
+    with open(tmp_path / "run" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert float(rows[2]["loss"]) == second.losses[3] == first.losses[3]  # the rerun step, bit-exact

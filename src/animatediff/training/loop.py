@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import logging
 import math
 import random
@@ -171,12 +172,21 @@ class MetricsLog:
 
     FIELDS = ("step", "loss", "lr", "clips_per_s", "peak_memory_mb", "time")
 
-    def __init__(self, output_dir: Path, enabled: bool):
+    def __init__(self, output_dir: Path, enabled: bool, start_step: int = 0):
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         self.path = output_dir / "train_log.csv"
+        if self.path.exists():  # a resume: rows past the checkpoint were logged by the run that stopped after it
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
         new = not self.path.exists()
         self.file = self.path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
@@ -285,7 +295,7 @@ def train(
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                                          persistent_workers=config.num_workers > 0, worker_init_fn=_ignore_interrupts)
     batches = iter(loader)
-    log = MetricsLog(output_dir, accelerator.is_main_process)
+    log = MetricsLog(output_dir, accelerator.is_main_process, start_step)
     result = TrainResult(step=start_step)
     metadata = {"format": "pt", "animatediff_mode": config.mode, "animatediff_train_config": json.dumps(config.to_dict())}
 
