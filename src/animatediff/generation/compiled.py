@@ -20,6 +20,7 @@ import importlib.util
 import torch
 
 from ..errors import UserInputError
+from . import feature_cache
 
 
 def find_cpp_compiler() -> str | None:
@@ -37,7 +38,7 @@ def check(device: str | torch.device) -> None:
     import torch._dynamo
 
     def refuse(detail: str) -> None:
-        raise UserInputError(detail, field="compile", value=True)
+        raise UserInputError(detail, field="compile")
 
     if not torch._dynamo.is_dynamo_supported():
         refuse(f"torch.compile does not support this Python/platform with torch {torch.__version__}")
@@ -51,5 +52,10 @@ def check(device: str | torch.device) -> None:
 def compile_unet(pipeline) -> None:
     """Compile ``pipeline``'s UNet in place (the AnimationPipeline's base UNet, hooks and all) and mark the pipeline."""
     check(pipeline.unet.device)
+    if pipeline.motion is not None:  # fuse the motion modules' Q/K/V now, outside the graph (motion_module.qkv_weight)
+        for module in pipeline.motion.modules():
+            if hasattr(module, "qkv_weight"):
+                module.qkv_weight()
+    feature_cache.taps(pipeline.base.unet)  # cache_interval's hooks exist before tracing, so the graph has them
     pipeline.base.unet.compile()
     pipeline.compiled = True

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from functools import partial
 from typing import Callable
+from weakref import WeakKeyDictionary
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -59,6 +60,30 @@ def for_config(config, unet: UNet2DConditionModel) -> "FeatureCache | None":
     return FeatureCache(unet, config.cache_interval, config.cache_branch) if config.cache_interval > 1 else None
 
 
+class _Tap:
+    """A forward pre-hook on one up block: while ``sink`` is a list, it appends the hidden state the block receives."""
+
+    def __init__(self):
+        self.sink: list | None = None
+
+    def __call__(self, _block, _args, kwargs):
+        if self.sink is not None:
+            self.sink.append(kwargs["hidden_states"])  # diffusers passes it by name
+
+
+_TAPS: WeakKeyDictionary = WeakKeyDictionary()  # UNet -> one _Tap per up block
+
+
+def taps(unet: UNet2DConditionModel) -> list[_Tap]:
+    """The UNet's taps, registered once and kept: torch.compile (compiled.py installs them first) does not see
+    hooks added after it traced the UNet, and one idle tap costs an attribute check per block call."""
+    if unet not in _TAPS:
+        _TAPS[unet] = [_Tap() for _ in unet.up_blocks]
+        for block, tap in zip(unet.up_blocks, _TAPS[unet]):
+            block.register_forward_pre_hook(tap, with_kwargs=True)
+    return _TAPS[unet]
+
+
 class FeatureCache:
     """Decides per UNet call whether to run the whole UNet (and keep the deep feature) or only the outer ring.
 
@@ -72,7 +97,7 @@ class FeatureCache:
         if unet.class_embedding is not None or unet.config.center_input_sample or unet.config.addition_embed_type == "image_hint":
             raise UserInputError("feature caching supports SD1.5/SDXL-style UNets only", field="cache_interval", value=interval)
         self.unet, self.interval, self.branch = unet, interval, branch
-        self.entry = unet.up_blocks[n - 1 - branch]  # the up block the cached feature enters
+        self.tap = taps(unet)[n - 1 - branch]  # on the up block the cached feature enters
         self.features: dict[int, torch.Tensor] = {}  # slot -> feature entering `entry`, (b f, c, h_b, w_b)
         self.full_calls = self.cached_calls = 0
         self.reset()
@@ -93,16 +118,13 @@ class FeatureCache:
         return partial(self.cached if reuse else self.full, self._slot)
 
     def full(self, slot: int, sample: torch.Tensor, timestep, encoder_hidden_states, **kwargs) -> tuple[torch.Tensor]:
-        """The plain UNet call; a pre-hook on the entry block keeps the feature it receives."""
-
-        def keep(_block, _args, block_kwargs):
-            self.features[slot] = block_kwargs["hidden_states"]
-
-        handle = self.entry.register_forward_pre_hook(keep, with_kwargs=True)  # diffusers passes hidden_states by name
+        """The plain UNet call; the entry block's tap keeps the feature it receives."""
+        self.tap.sink = []
         try:
             out = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **{**kwargs, "return_dict": False})
+            self.features[slot] = self.tap.sink[0]
         finally:
-            handle.remove()
+            self.tap.sink = None
         self.full_calls += 1
         return out
 
