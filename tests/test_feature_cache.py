@@ -80,6 +80,39 @@ def test_the_ring_on_its_own_feature_equals_the_whole_unet(sdxl, branch):
     assert (cache.full_calls, cache.cached_calls) == (1, 1)
 
 
+def test_the_ring_adds_controlnet_residuals_to_its_own_skips(base, motion):
+    """ControlNet-style residuals (one per skip, plus the mid one) reach the ring's skips exactly as the whole UNet's."""
+    unet = AnimateDiffUNet(base.unet, motion)
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 7, 32, generator=g)
+    shapes = []  # the skip samples' shapes, shallow to deep: conv_in's output, then every down block's res samples
+    hooks = [base.unet.conv_in.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape))]
+    hooks += [b.register_forward_hook(lambda _m, _i, out: shapes.extend(r.shape for r in out[1])) for b in base.unet.down_blocks]
+    mid = []
+    hooks.append(base.unet.mid_block.register_forward_hook(lambda _m, _i, out: mid.append(out.shape)))
+    with torch.no_grad():
+        unet(latents, torch.tensor(500), text)
+    for hook in hooks:
+        hook.remove()
+    folded = lambda shape: torch.randn(shape, generator=g)  # (b f, c, h, w) as UNetDenoiser folds them
+    residuals = {"down_block_additional_residuals": tuple(folded(s) for s in shapes),
+                 "mid_block_additional_residual": folded(mid[0])}
+    cache = FeatureCache(base.unet, 2, 0)
+    with torch.no_grad():
+        full = unet(latents, torch.tensor(500), text, unet_forward=lambda *a, **k: cache.full(0, *a, **k), **residuals)
+        ring = unet(latents, torch.tensor(500), text, unet_forward=lambda *a, **k: cache.cached(0, *a, **k), **residuals)
+        plain = unet(latents, torch.tensor(500), text)
+    assert torch.allclose(ring, full, atol=1e-6, rtol=0) and not torch.allclose(full, plain)
+
+
+def test_freeinit_passes_each_start_a_fresh_cache(pipe, base):
+    """2 passes x 3 steps: whole UNet at steps 0 and 2 of each pass (a running count would give 0, 2, 4: 3 calls)."""
+    settings = dict(cache_interval=2, freeinit_iterations=2, steps=3)
+    deep = count_calls(base.unet.down_blocks[-1])
+    first, second = pipe.generate(config(**settings)), pipe.generate(config(**settings))
+    assert len(deep) == 2 * 4 and torch.equal(first.latents, second.latents) and torch.isfinite(first.latents).all()
+
+
 def test_steps_windows_and_new_passes():
     """Call k of a step is slot k (one context window); a timestep going up starts a new pass (FreeInit)."""
     cache = FeatureCache(tiny_base_model().unet, 2)
