@@ -74,11 +74,17 @@ class Animator:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         model_config: str | None = None,
+        compile: bool = False,
     ) -> "Animator":
         """Load a base model (diffusers folder, cached repo id or single file) and a motion module file.
         ``model_config``: a folder of component configs for a single file that is not stock SD1.5/SDXL.
-        ``model=None`` or a bundled name (``base``, ``personal``) loads the bundled demo family (demo/bundled.py)."""
+        ``model=None`` or a bundled name (``base``, ``personal``) loads the bundled demo family (demo/bundled.py).
+        ``compile``: torch.compile the UNet with its motion modules (generation/compiled.py; checked before loading)."""
         from .bundled import resolve
+        from .generation import compiled
+
+        if compile:
+            compiled.check(device)
 
         found = resolve(model, motion_module)
         model, motion_module = found.model, found.motion_module
@@ -90,6 +96,8 @@ class Animator:
             motion.to(device=device)
         animator = cls(base, motion, sources={"model": model, "motion_module": motion_module or ""})
         animator.defaults = found.defaults
+        if compile:  # speed: compiled in place on this instance
+            compiled.compile_unet(animator.pipeline)
         return animator
 
     # ---- LoRAs -----------------------------------------------------------------------------------

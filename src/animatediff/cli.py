@@ -48,6 +48,7 @@ FIELD_FLAGS = {
     "prompt_interpolation": "--prompt-interpolation", "prompt_wrap": "--prompt-wrap", "head_prompt": "--head-prompt",
     "tail_prompt": "--tail-prompt", "motion_scale": "--motion-scale", "motion_effect": "--motion-effect",
     "vae_tiling": "--vae-tiling",  # speed (add_speed_args)
+    "cache_interval": "--cache-interval", "cache_branch": "--cache-branch", "compile": "--compile",  # speed: caching, compile
 }
 
 
@@ -192,6 +193,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from .video_io import check_output
 
     device = resolve_device(args.device)  # every value is checked before any model loads
+    if args.compile:  # speed: refused here, not after loading, where torch.compile cannot run
+        from .generation.compiled import check as check_compile
+
+        check_compile(device)
     overrides = _settings_from_flags(args)
     loras = [parse_weighted(s, "--lora") for s in args.lora]
     motion_loras = [parse_weighted(s, "--motion-lora") for s in args.motion_lora]
@@ -278,8 +283,8 @@ def _run_jobs(jobs, configs, args, device: str) -> int:
                 bundled = job.model is None  # no --model: Animator.load takes the bundled demo family
                 logger.info("loading %s + %s", job.model or "the bundled demo model",
                             job.motion_module or ("its motion module" if bundled else "no motion module"))
-                animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset,
-                                         max_frames=args.max_frames, dtype=dtype, device=device, model_config=args.model_config)
+                animator = Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset, max_frames=args.max_frames,
+                                         dtype=dtype, device=device, model_config=args.model_config, compile=args.compile)
                 loaded = key
             animator.set_loras(job.loras, job.motion_loras, job.adapter)
             start = time.perf_counter()
@@ -445,7 +450,7 @@ FIELD_FLAGS.update(CONTEXT_FLAGS)
 
 
 # ---- speed: tiled VAE ------------------------------------------------------------------------------------------
-SPEED_FIELDS = ("vae_tiling",)  # flags whose dest is their GenerationConfig field
+SPEED_FIELDS = ("vae_tiling", "cache_interval", "cache_branch")  # flags whose dest is their GenerationConfig field
 
 
 def add_speed_args(parser: argparse.ArgumentParser) -> None:
@@ -454,6 +459,15 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-tiling", dest="vae_tiling", action="store_true", default=None,
                        help="decode (and encode) one frame at a time in overlapping 256x256-pixel tiles: the VAE's memory "
                             "stays that of one tile at any size (pixels differ slightly at tile seams; default off)")
+    # speed: DeepCache-style feature caching (generation/feature_cache.py) and torch.compile (generation/compiled.py)
+    group.add_argument("--cache-interval", dest="cache_interval", type=int, metavar="N",
+                       help="run the whole UNet every N steps and only its outer blocks in between, reusing the deep "
+                            "features: faster, lower quality (default 1: off; README \"Feature caching\")")
+    group.add_argument("--cache-branch", dest="cache_branch", type=int, metavar="B",
+                       help="with --cache-interval: the skip branch the cached feature enters (0, the default: the "
+                            "shallowest and fastest; higher: more blocks run, closer to uncached)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the UNet and its motion modules after "
+                       "loading: a one-off compile (minutes), then faster steps where the backend helps (README)")
 
 
 def add_context_args(parser: argparse.ArgumentParser) -> None:
@@ -811,7 +825,8 @@ def _run_batch(jobs, configs, args, device: str, state) -> int:
 
     def load(job, device):
         return Animator.load(job.model, job.motion_module, motion_preset=args.motion_preset, max_frames=args.max_frames,
-                             dtype=_dtype(args.dtype, device), device=device, model_config=args.model_config)
+                             dtype=_dtype(args.dtype, device), device=device, model_config=args.model_config,
+                             compile=args.compile)
 
     outcomes = run_batch(jobs, configs, load=load, fps=args.fps, overwrite=args.overwrite, device=device, state=state,
                          progress=lambda steps: _progress_bar(steps, "denoising"),

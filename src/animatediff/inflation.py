@@ -155,9 +155,11 @@ class AnimateDiffUNet(nn.Module):
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
+        unet_forward: Callable[..., tuple] | None = None,
     ) -> torch.Tensor:
         """sample ``(b, c, f, h, w)``; encoder_hidden_states ``(b, tokens, dim)`` (one per clip) or
-        ``(b f, tokens, dim)`` (per frame, e.g. prompt travel); ControlNet residuals per frame ``(b f) ...``."""
+        ``(b f, tokens, dim)`` (per frame, e.g. prompt travel); ControlNet residuals per frame ``(b f) ...``.
+        ``unet_forward``: runs the folded 2-D call instead of the UNet, same arguments (generation/feature_cache.py)."""
         b, c, f, h, w = sample.shape
         max_frames = self.motion.max_frames if self.motion is not None else None
         if max_frames is not None and f > max_frames and self.context.views is None:  # views: checked per window
@@ -172,7 +174,7 @@ class AnimateDiffUNet(nn.Module):
             added_cond_kwargs = {k: v.repeat_interleave(f, dim=0) if torch.is_tensor(v) and v.shape[0] == b else v
                                  for k, v in added_cond_kwargs.items()}  # IP-Adapter image_embeds: a list, already per frame
         with self.frames(f) if self.motion is not None else nullcontext():
-            out = self.unet(
+            out = (unet_forward or self.unet)(
                 x,
                 timestep,
                 encoder_hidden_states=encoder_hidden_states,

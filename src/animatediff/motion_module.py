@@ -103,6 +103,8 @@ class VersatileAttention(nn.Module):
         (``Parameter.data`` is replaced, the Parameter objects and their state-dict keys stay), so in-place
         changes to them (LoRA merges, ``load_state_dict``) are seen here. Anything that gives them new
         storage (``.to(dtype)``, assigning loads) is detected and fused again."""
+        if self._fused is not None and torch.compiler.is_compiling():
+            return self._fused  # torch.compile (generation/compiled.py fuses first): data_ptr() checks cannot be traced
         parts = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
         if self._fused is None or not _stacked_views(self._fused, parts):
             fused = torch.cat([p.detach() for p in parts])  # (3c, c)

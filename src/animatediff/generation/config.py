@@ -16,6 +16,7 @@ from ..sampling.freeinit import check_fields as check_freeinit_fields
 from ..sampling.freenoise import check_fields as check_freenoise_fields
 from ..sampling.schedulers import check_preset, check_scheduler, check_steps, sampling_defaults
 from . import prompt_travel
+from .feature_cache import check_fields as check_cache_fields
 from .vae import check_tiling_field
 
 
@@ -98,6 +99,9 @@ class GenerationConfig:
     sparsectrl_normalize: bool = False  # keyframes to grey, min-max [0, 1] (official normalize_condition_images)
     # ---- speed (generation/vae.py): tiled, sliced VAE decode/encode ----
     vae_tiling: bool = False  # decode/encode one frame at a time in 256x256-pixel tiles: fixed VAE memory at any size
+    # ---- speed (generation/feature_cache.py): DeepCache-style feature caching, quality for speed ----
+    cache_interval: int = 1  # run the whole UNet every N steps, only its outer ring in between (1: off)
+    cache_branch: int = 0  # the skip branch whose up block receives the cached feature (0: shallowest, fastest)
 
     def resolved(self, default_preset: str = "animatediff") -> "GenerationConfig":
         """A copy with every None filled in (preset, its sampling defaults, a random seed)."""
@@ -173,6 +177,7 @@ class GenerationConfig:
         check_control_fields(self)
         check_image_fields(self)
         check_tiling_field(self)  # speed: vae_tiling
+        check_cache_fields(self, max_frames, motion_name)  # speed: cache_interval, cache_branch
 
 
 def check_control_fields(config: GenerationConfig) -> None:

@@ -17,6 +17,9 @@ num_frames, C, h', w')`` and added by diffusers' ``UNet2DConditionModel`` to its
 output. Both keys are required: diffusers reads down residuals without a mid residual as T2I-Adapter features.
 A provider may return None for a call it sits out (a ControlNet outside its start/end steps, or at strength
 0): without any residuals the UNet call is exactly the plain one.
+
+``cache`` (feature_cache.FeatureCache, one per generation): on the steps between full ones only the outer ring of
+the UNet runs, the deep feature reused (the ``cache_interval`` knob; None: every call is the plain one).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..inflation import AnimateDiffUNet
 from ..sampling.guidance import Conditioning
 from . import ip_adapter
 from .conditioning import fold_frames
+from .feature_cache import FeatureCache
 
 Residuals = dict[str, "torch.Tensor | tuple[torch.Tensor, ...]"]
 ResidualProvider = Callable[[torch.Tensor, torch.Tensor, Conditioning], "Residuals | None"]
@@ -43,9 +47,11 @@ def _fold(residual: torch.Tensor) -> torch.Tensor:
 class UNetDenoiser:
     """The conditional model over an ``AnimateDiffUNet`` (see the module docstring)."""
 
-    def __init__(self, unet: AnimateDiffUNet, residual_providers: list[ResidualProvider] | None = None):
+    def __init__(self, unet: AnimateDiffUNet, residual_providers: list[ResidualProvider] | None = None,
+                 cache: FeatureCache | None = None):
         self.unet = unet
         self.residual_providers = list(residual_providers or [])
+        self.cache = cache
 
     def residuals(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> dict:
         """The providers' residuals summed and folded per frame, in the UNet's dtype ({} without providers)."""
@@ -73,7 +79,9 @@ class UNetDenoiser:
         image_embeds = ip_adapter.unet_image_embeds(self.unet.unet, cond, latents.shape[2])  # IP-Adapter tokens per frame
         if image_embeds is not None:
             added["image_embeds"] = image_embeds
+        forward = self.cache.forward_for(t) if self.cache is not None else None  # None: the whole UNet
         motion = self.unet.motion  # motion_scale / motion_effect (b, f) ride in the conditioning (prompt_travel.py)
         with motion.controls(cond.get("motion_scale"), cond.get("motion_effect")) if motion is not None else nullcontext():
-            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added or None, **residuals)
+            eps = self.unet(latents.to(self.unet.dtype), t, unet_cond["encoder_hidden_states"], added_cond_kwargs=added or None,
+                            unet_forward=forward, **residuals)
         return eps.to(latents.dtype)

@@ -35,7 +35,7 @@ from ..sampling.freenoise import ViewPlan, noise_window, reschedule_noise
 from ..sampling.loop import Progress, sample
 from ..sampling.schedulers import make_scheduler
 from ..video_io import to_uint8
-from . import controlnet, image_input, ip_adapter, prompt_travel, sparsectrl, vae as vae_io, video_input
+from . import controlnet, feature_cache, image_input, ip_adapter, prompt_travel, sparsectrl, vae as vae_io, video_input
 from .conditioning import PER_CLIP_NDIM, encode_conditioning
 from .config import GenerationConfig
 from .denoiser import UNetDenoiser
@@ -123,6 +123,7 @@ class AnimationPipeline:
         self.ip_adapter_cache: dict = {}  # the IP-Adapter image encoder, kept between generations
         self.sparsectrls: dict = {}  # the loaded SparseCtrl encoder by path (sparsectrl.py)
         self.vae_scale_factor = 2 ** (len(base.vae.config.block_out_channels) - 1)  # 8 for SD/SDXL
+        self.compiled = False  # speed: torch.compile'd in place (compiled.py), recorded in the sidecar
 
     def close(self) -> None:
         """Detach the motion modules from the base UNet (its hooks and any swapped GroupNorms). Call it (or
@@ -206,7 +207,8 @@ class AnimationPipeline:
         cond, uncond, sparse, keyframes = sparsectrl.prepare(self.base, config, cond, uncond,  # SparseCtrl: same pattern
                                                              lambda: scheduler.timesteps[start_step * scheduler.order:], self.sparsectrls)
         nets = [*nets, *sparse]
-        unet_model = UNetDenoiser(self.unet, [*self.denoiser.residual_providers, *nets]) if nets else self.denoiser
+        cache = feature_cache.for_config(config, self.unet.unet)  # speed: a fresh DeepCache-style cache, None when off
+        unet_model = UNetDenoiser(self.unet, [*self.denoiser.residual_providers, *nets], cache) if nets or cache else self.denoiser
         model = with_context(unet_model, config, {**PER_CLIP_NDIM, **controlnet.PER_CLIP_NDIM, **ip_adapter.PER_CLIP_NDIM,
                                                   **sparsectrl.PER_CLIP_NDIM})
         denoiser = ClassifierFreeGuidance(model, cond, uncond, config.guidance_scale)
@@ -227,7 +229,7 @@ class AnimationPipeline:
         models = {"base_model": self.base.source, "motion_preset": self.motion.config.name if self.motion is not None else None}
         # speed: the device and dtypes this clip was really computed in (--dtype auto resolves per machine)
         models.update(device=str(self.unet.device), dtype=str(self.unet.dtype).removeprefix("torch."),
-                      vae_dtype=str(vae_io.decode_dtype(self.base.vae)).removeprefix("torch."))
+                      vae_dtype=str(vae_io.decode_dtype(self.base.vae)).removeprefix("torch."), compile=self.compiled)
         if video or hints or keyframes:  # input files with hashes, frame counts, the video's fps
             models["inputs"] = {"video": video, "controlnets": hints, **({"sparsectrl": keyframes} if keyframes else {})}
         if image or ip_info:  # issue 12: the still and the IP-Adapter files and images, with hashes
