@@ -290,11 +290,23 @@ def _run_jobs(jobs, configs, args, device: str) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    """Describe each file, folder or bundled name (resolved as ``generate`` resolves it); a bad one is one
+    ``error:`` line and the next is still described; exit 2 at the end if any was bad."""
+    from .bundled import NAMES, bundled_file
     from .weights.detect import describe_file
 
-    for path in args.files:
-        print(describe_file(path).summary())
-    return 0
+    bad = 0
+    for name in args.files:
+        try:
+            path = bundled_file(name)
+            if not Path(path).expanduser().exists():
+                named = "/" not in name and "\\" not in name and not Path(name).suffix  # a name, not a path
+                raise UserInputError(f"{name}: no such file or folder" + (f", nor a bundled name ({', '.join(NAMES)})" if named else ""))
+            print(describe_file(path).summary() + (f"\n  bundled file: {path}" if path != name else ""), flush=True)
+        except UserInputError as e:  # the line names the argument as typed (a bundled name's error names its field)
+            print(f"error: {e.detail if e.field is None else f'{name}: {e.detail}'}", file=sys.stderr, flush=True)
+            bad += 1
+    return 2 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=run_generate)
 
     ins = sub.add_parser("inspect", help="say what a model file is")
-    ins.add_argument("files", nargs="+")
+    ins.add_argument("files", nargs="+", metavar="FILE", help="weight file, diffusers folder, or bundled name (base, demo, "
+                     "personal-lora, ZoomIn ...)")
     ins.set_defaults(func=run_inspect)
 
     add_prompt_travel_args(gen)
