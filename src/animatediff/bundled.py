@@ -95,6 +95,20 @@ def motion_lora_path(name: str) -> str:
     return _resolve("motion_loras", CAMERA_MOVES, "motion_loras/{name}.safetensors", name)
 
 
+NAMES = (*MODELS, *MOTION_MODULES, *LORAS, *ADAPTERS, *CAMERA_MOVES)  # every name a generate flag takes as bundled
+
+
+def bundled_file(name: str) -> str:
+    """Any bundled name (``base``, ``demo``, ``personal-lora``, ``domain-adapter``, ``ZoomIn`` ...) -> its file or
+    folder, resolved by the same function as the ``generate`` flag that takes it; an existing path or an unknown
+    name is returned unchanged (``animatediff inspect``). The names of the kinds do not overlap."""
+    for resolve_kind in (model_path, motion_module_path, lora_path, adapter_path, motion_lora_path):
+        found = resolve_kind(name)
+        if found != name:
+            return found
+    return name
+
+
 def is_bundled_model(model: str | None) -> bool:
     """No model, or a bundled model name that is not also an existing path: the bundled family (with its motion
     module unless another is given)."""
@@ -147,6 +161,6 @@ def _one_thread() -> None:
         torch.set_num_threads(1)
 
 
-__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "Resolved", "resolve", "resolve_addons", "demo_root", "is_available",
+__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "NAMES", "bundled_file", "Resolved", "resolve", "resolve_addons", "demo_root", "is_available",
            "metadata", "generation_defaults", "model_path", "motion_module_path", "lora_path", "adapter_path",
            "motion_lora_path"]

@@ -3,7 +3,7 @@
     animatediff generate "PROMPT" --model PATH --motion-module PATH [--lora F:S]... [--out clip.gif]
     animatediff generate --config official_prompts.yaml --model PATH
     [accelerate launch -m] animatediff generate --jobs prompts.txt --out clips   (batch.py: split, resumable)
-    animatediff inspect FILE...
+    animatediff inspect FILE_OR_BUNDLED_NAME...
     animatediff train MODE --config recipe.yaml
     animatediff eval CLIP...
     animatediff ui [--host 127.0.0.1] [--port 7860] [--models-dir DIR] [--outputs DIR] [--max-queue 8]
@@ -295,11 +295,23 @@ def _run_jobs(jobs, configs, args, device: str) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    """Describe each file, folder or bundled name (resolved as ``generate`` resolves it); a bad one is one
+    ``error:`` line and the next is still described; exit 2 at the end if any was bad."""
+    from .bundled import NAMES, bundled_file
     from .weights.detect import describe_file
 
-    for path in args.files:
-        print(describe_file(path).summary())
-    return 0
+    bad = 0
+    for name in args.files:
+        try:
+            path = bundled_file(name)
+            if not Path(path).expanduser().exists():
+                named = "/" not in name and "\\" not in name and not Path(name).suffix  # a name, not a path
+                raise UserInputError(f"{name}: no such file or folder" + (f", nor a bundled name ({', '.join(NAMES)})" if named else ""))
+            print(describe_file(path).summary() + (f"\n  bundled file: {path}" if path != name else ""), flush=True)
+        except UserInputError as e:  # the line names the argument as typed (a bundled name's error names its field)
+            print(f"error: {e.detail if e.field is None else f'{name}: {e.detail}'}", file=sys.stderr, flush=True)
+            bad += 1
+    return 2 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,44 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="text-to-video", description="Generate an animation from a prompt or an official prompt YAML.")
-    gen.add_argument("prompt", nargs="?", help="the prompt (omit with --config)")
-    gen.add_argument("--config", help="official AnimateDiff prompt-config YAML (configs/prompts/*.yaml)")
-    gen.add_argument("--model", help="base model: diffusers folder, cached Hugging Face repo id, or single-file .safetensors/.ckpt; "
-                     "bundled: base (the default), personal")
-    gen.add_argument("--model-config", help="folder with unet/, vae/, text_encoder/ config.json for a single-file model that is not stock SD1.5/SDXL")
-    gen.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter)")
-    gen.add_argument("--motion-preset", type=str.lower, choices=list(MOTION_PRESETS), metavar="NAME",
-                     help=f"force the motion module preset ({', '.join(MOTION_PRESETS)}) instead of detecting it; "
-                          "conv-ablation is the paper's §5.3 temporal-convolution ablation, not an official format")
-    gen.add_argument("--max-frames", type=parse_positive_int, help="extend the (recomputed) position encoding to this many frames")
-    gen.add_argument("--negative", help="negative prompt")
-    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="community (kohya) LoRA, repeatable")
-    gen.add_argument("--motion-lora", action="append", default=[], metavar="FILE[:ALPHA]", help="MotionLoRA, repeatable")
-    gen.add_argument("--adapter", metavar="FILE[:SCALE]", help="v3 domain adapter LoRA")
-    gen.add_argument("--frames", type=int, help="num_frames (default 16)")
-    gen.add_argument("--width", type=int, help="default 512 (the bundled demo model: 64)")
-    gen.add_argument("--height", type=int, help="default 512 (the bundled demo model: 64)")
-    gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
-    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
-    gen.add_argument("--seed", type=parse_seed, help="0 .. 2**64-1; -1 or none given: a fresh random seed, recorded in the sidecar")
-    gen.add_argument("--scheduler", type=str.lower, choices=list(SCHEDULERS), metavar="NAME",
-                     help=f"{', '.join(SCHEDULERS)} (default: the preset's)")
-    gen.add_argument("--scheduler-preset", type=str.lower, choices=list(SCHEDULER_PRESETS), metavar="NAME",
-                     help=f"{', '.join(SCHEDULER_PRESETS)} (default: the motion module's, else animatediff)")
-    gen.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call")
-    gen.add_argument("--fps", type=parse_fps, default=8,
-                     help="frames per second of the output: 8 (default), 23.976, 24000/1001 ... (a GIF plays at most 50)")
-    gen.add_argument("--out", help="output: .gif (default), .mp4, .webp, or a path without extension for PNG frames")
-    gen.add_argument("--overwrite", action="store_true",
-                     help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
-    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default auto: cuda if available, else cpu)")
-    gen.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES, help=", ".join(DTYPES) + " (auto: float16 on CUDA, bfloat16 on CPUs with AMX, else float32)")
+    add_core_args(gen)  # prompt and output, model files, clip and sampling, device and precision
     add_context_args(gen)
     add_freenoise_freeinit_args(gen)
     gen.set_defaults(func=run_generate)
 
     ins = sub.add_parser("inspect", help="say what a model file is")
-    ins.add_argument("files", nargs="+")
+    ins.add_argument("files", nargs="+", metavar="FILE", help="weight file, diffusers folder, or bundled name (base, demo, "
+                     "personal-lora, ZoomIn ...)")
     ins.set_defaults(func=run_inspect)
 
     add_prompt_travel_args(gen)
@@ -360,6 +342,103 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_ui_parser(sub)
     return parser
+
+
+# ---- generate's core flags, in groups that read like the README's usage ---------------------------------------
+def add_core_args(gen: argparse.ArgumentParser) -> None:
+    """The prompt, output, model files and sampling settings (defaults None where a recipe or the model decides)."""
+    from . import bundled
+
+    helps = _model_default_helps()
+    out = gen.add_argument_group("prompt and output")
+    out.add_argument("prompt", nargs="?", help="the prompt (omit with --config)")
+    out.add_argument("--negative", help="negative prompt")
+    out.add_argument("--config", help="official AnimateDiff prompt-config YAML (configs/prompts/*.yaml)")
+    out.add_argument("--out", help="output: .gif (default), .mp4, .webp, or a path without extension for PNG frames")
+    out.add_argument("--fps", type=parse_fps, default=8,
+                     help="frames per second of the output: 8 (default), 23.976, 24000/1001 ... (a GIF plays at most 50)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output of another kind (in a PNG folder: only its frames and settings.json)")
+
+    files = gen.add_argument_group("model files", "A bundled name is used only when no file or folder of that name exists.")
+    files.add_argument("--model", help="base model: diffusers folder, cached Hugging Face repo id, or single-file .safetensors/.ckpt; "
+                       f"bundled: {', '.join(bundled.MODELS)} (no --model: {bundled.MODELS[0]})")
+    files.add_argument("--model-config", help="folder with unet/, vae/, text_encoder/ config.json for a single-file model that is not stock SD1.5/SDXL")
+    files.add_argument("--motion-module", help="motion module file (official .ckpt/.safetensors or diffusers MotionAdapter); "
+                       f"bundled: {', '.join(bundled.MOTION_MODULES)} (the bundled models' default)")
+    files.add_argument("--motion-preset", type=str.lower, choices=list(MOTION_PRESETS), metavar="NAME",
+                       help=f"force the motion module preset ({', '.join(MOTION_PRESETS)}) instead of detecting it; "
+                            "conv-ablation is the paper's §5.3 temporal-convolution ablation, not an official format")
+    files.add_argument("--max-frames", type=parse_positive_int, help="extend the (recomputed) position encoding to this many frames")
+    files.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                       help=f"community (kohya) LoRA, repeatable; bundled: {', '.join(bundled.LORAS)}")
+    files.add_argument("--motion-lora", action="append", default=[], metavar="FILE[:ALPHA]",
+                       help=f"MotionLoRA, repeatable; bundled: {', '.join(bundled.CAMERA_MOVES)}")
+    files.add_argument("--adapter", metavar="FILE[:SCALE]", help=f"v3 domain adapter LoRA; bundled: {', '.join(bundled.ADAPTERS)}")
+
+    clip = gen.add_argument_group(
+        "clip and sampling", "Defaults as listed; a --config YAML's values replace them, and flags given win over both.")
+    clip.add_argument("--frames", type=int, help=helps["num_frames"])
+    clip.add_argument("--width", type=int, help=helps["width"])
+    clip.add_argument("--height", type=int, help=helps["height"])
+    clip.add_argument("--steps", type=int, help=helps["steps"])
+    clip.add_argument("--guidance", type=float, help=helps["guidance_scale"])
+    clip.add_argument("--seed", type=parse_seed, help="0 .. 2**64-1; -1 or none given: a fresh random seed, recorded in the sidecar")
+    clip.add_argument("--scheduler", type=str.lower, choices=list(SCHEDULERS), metavar="NAME", help=helps["scheduler"])
+    clip.add_argument("--scheduler-preset", type=str.lower, choices=list(SCHEDULER_PRESETS), metavar="NAME",
+                      help=helps["scheduler_preset"])
+
+    device = gen.add_argument_group("device and precision")
+    device.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default auto: cuda if available, else cpu)")
+    device.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPES,
+                        help=", ".join(DTYPES) + " (auto: float16 on CUDA, bfloat16 on CPUs with AMX, else float32)")
+    device.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call")
+
+
+def _model_default_helps() -> dict[str, str]:
+    """Help for the settings whose default depends on the model, stated where each is decided: GenerationConfig's
+    field defaults for model files; the sampler, steps and guidance of the scheduler preset (the motion module's;
+    without one sdxl-beta for SDXL, else animatediff: schedulers.SAMPLING_DEFAULTS, filled in by
+    GenerationConfig.resolved); and for the bundled models their demo.json ``generation_defaults`` (bundled.resolve)."""
+    import dataclasses
+
+    from .generation.config import GenerationConfig
+    from .sampling.schedulers import SAMPLING_DEFAULTS
+
+    config = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+    demo = _bundled_generation_defaults()
+
+    def bundled_part(name: str) -> str:  # "; 10 for the bundled demo" (nothing when the bundle is not installed)
+        value = demo.get(name)
+        return "" if value is None else f"; {value:g} for the bundled demo" if isinstance(value, (int, float)) \
+            else f"; {value} for the bundled demo"
+
+    def by_preset(name: str) -> str:  # the preset's value for each preset; SD1.5 files get the animatediff preset
+        shown = {preset: f"{getattr(d, name):g}" if name != "scheduler" else d.scheduler for preset, d in SAMPLING_DEFAULTS.items()}
+        first, *others = shown
+        return (f"default: the model's scheduler preset's, {shown[first]} for SD1.5 files ({first}), "
+                + ", ".join(f"{shown[p]} {p}" for p in others) + bundled_part(name))
+
+    return {
+        "num_frames": f"num_frames (default {config['num_frames']}{bundled_part('num_frames')}; with --video its frame count)",
+        "width": f"multiple of 8 (default {config['width']} for model files{bundled_part('width')})",
+        "height": f"multiple of 8 (default {config['height']} for model files{bundled_part('height')})",
+        "steps": f"denoising steps ({by_preset('steps')})",
+        "guidance_scale": f"classifier-free guidance scale ({by_preset('guidance_scale')})",
+        "scheduler": f"{', '.join(SCHEDULERS)} ({by_preset('scheduler')})",
+        "scheduler_preset": f"{', '.join(SCHEDULER_PRESETS)} (default: the motion module's; without one sdxl-beta for SDXL "
+                            f"models, else animatediff{bundled_part('scheduler_preset')})",
+    }
+
+
+def _bundled_generation_defaults() -> dict:
+    """The bundled models' demo.json ``generation_defaults``, or {} when the bundle is not installed."""
+    from . import bundled
+
+    try:
+        return bundled.generation_defaults()
+    except (UserInputError, OSError, ValueError, KeyError):
+        return {}
 
 
 def _quiet_third_party(now: bool = True) -> None:

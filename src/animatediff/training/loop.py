@@ -16,7 +16,6 @@ import json
 import os
 import logging
 import math
-import random
 import resource
 import signal
 import threading
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -43,6 +41,7 @@ from .config import TrainConfig
 from .data import StepSampler, build_dataset, mix_seed
 from .latent_cache import cache_latents, sample_latents
 from .modes import Setup, build, enable_gradient_checkpointing, load_base
+from .state import load_training_state, rng_states, set_rng_states
 
 logger = logging.getLogger(__name__)
 
@@ -146,21 +145,6 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
                              eps=config.adam_epsilon, weight_decay=config.weight_decay)
 
 
-def _rng_states() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_states(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -262,7 +246,7 @@ def train(
     if resume is not None:
         checkpoint = export.find_checkpoint(resume)
         export.check_resumable(checkpoint, run_info)
-        state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=False)
+        state = load_training_state(checkpoint / "training_state.pt")  # weights_only=True; a pickle is refused
         setup.restore(config, checkpoint, state.get("raw_trainable"))
         start_step = state["step"]
         logger.info("resuming from %s at step %d", checkpoint, start_step)
@@ -285,7 +269,7 @@ def train(
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         if accelerator.scaler is not None and state.get("grad_scaler"):
             accelerator.scaler.load_state_dict(state["grad_scaler"])
-        _set_rng_states(state["rng"])
+        set_rng_states(state["rng"])
     noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
                                     beta_end=config.beta_end, beta_schedule=config.beta_schedule)
     weights = None if config.loss_weighting == "none" else loss_weights(noise_scheduler, config.loss_weighting, config.snr_gamma)
@@ -303,7 +287,7 @@ def train(
         training_state = {
             "step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
             "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": _rng_states(), "raw_trainable": setup.raw_state(), "config": config.to_dict(),
+            "rng": rng_states(), "raw_trainable": setup.raw_state(), "config": config.to_dict(),
         }
         return export.save_checkpoint(output_dir, step, config.mode, setup.export_state(config), base.unet,
                                       {**metadata, "step": str(step)}, training_state, run_info, config.checkpoints_total_limit)
