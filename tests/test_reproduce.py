@@ -4,6 +4,7 @@ report rendering, and a smoke run of the experiments on the bundled family (2 pr
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -151,3 +152,16 @@ def test_smoke_run_on_the_bundled_family():
         assert lo <= values[name] <= hi, (name, values[name], (lo, hi))
     # the direction of the Fig. 6 claim: dropping the adapter drops the watermark
     assert values["watermark score, adapter scale 0"] < values["watermark score, adapter scale 1"]
+
+
+def test_settings_follow_the_family_metadata_and_experiments_can_be_chosen(tmp_path):
+    meta = tmp_path / "demo.json"
+    meta.write_text(json.dumps({"generation_defaults": {"width": 128, "height": 128, "guidance_scale": 2.5},
+                                "motion_lora_recipe": "demo/motion-lora-v2"}))
+    files = reproduce.ModelFiles(root=tmp_path, base=tmp_path, motion_module=tmp_path, metadata=meta)
+    settings = reproduce.settings_for(files)
+    assert (settings.width, settings.guidance_scale, settings.sweep_recipe) == (128, 2.5, "demo/motion-lora-v2")
+    args = report.build_parser().parse_args(["--experiments", "table1", "default"])
+    assert args.experiments == ["table1", "default"]
+    with pytest.raises(SystemExit):
+        report.build_parser().parse_args(["--experiments", "nonsense"])

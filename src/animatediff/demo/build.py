@@ -456,7 +456,7 @@ class Builder:
             "motion_loras": {m: runs / f"motion-lora-v2-{m}" / "motion-lora-final.safetensors" for m in CAMERA_MOVES},
         }, defaults={**GENERATION_DEFAULTS, "width": V2_SIZE, "height": V2_SIZE, "guidance_scale": V2_GUIDANCE},
             text_encoder="trained contrastively with an image tower (demo/clip.py, stage text-encoder), then frozen",
-            extra=self._v2_extras)
+            extra=self._v2_extras, motion_lora_recipe="demo/motion-lora-v2")
 
     def _v2_extras(self, tmp: Path) -> None:
         """The report's extras: the CLIP towers (text tower = base/text_encoder) and the §5.3 ablation module."""
@@ -476,7 +476,8 @@ class Builder:
         }, defaults=GENERATION_DEFAULTS,
             text_encoder="seeded random init (torch.manual_seed(%d)), frozen: never trained" % TEXT_SEED)
 
-    def package(self, out: Path, files: dict, defaults: dict, text_encoder: str, extra=None) -> None:
+    def package(self, out: Path, files: dict, defaults: dict, text_encoder: str, extra=None,
+                motion_lora_recipe: str = "demo/motion-lora") -> None:
         """fp16 copies of a family's trained files in the bundled layout (``bundled.py``), ``demo.json`` and
         ``README.md``, written to ``out.tmp`` and moved into place (``out`` is the build's own output folder)."""
         from ..weights.convert import processor_lora_to_kohya
@@ -490,8 +491,12 @@ class Builder:
         _fp16_file(files["domain_adapter"], tmp / "domain_adapter.safetensors")
         _fp16_file(files["motion_module"], tmp / "motion_module.safetensors")
         _fp16_file(files["personal_lora"], tmp / "personal-lora.safetensors", convert=processor_lora_to_kohya)
+        missing = [move for move, path in files["motion_loras"].items() if not path.is_file()]
         for move, path in files["motion_loras"].items():
-            _fp16_file(path, tmp / "motion_loras" / f"{move}.safetensors")
+            if move not in missing:
+                _fp16_file(path, tmp / "motion_loras" / f"{move}.safetensors")
+        if missing:  # a family still being trained (v2): packaged for the report, which skips what is absent
+            logger.warning("packaging without the MotionLoRAs not trained yet: %s", ", ".join(missing))
         if extra is not None:
             extra(tmp)
         weights = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*.safetensors"))}
@@ -499,6 +504,7 @@ class Builder:
             "description": "The bundled demo family of animatediff, trained by `python -m animatediff.demo.build` "
                            "on the synthetic shapes world (animatediff.demo.world). Weights: fp16.",
             "generation_defaults": defaults,
+            "motion_lora_recipe": motion_lora_recipe,  # the report trains its Fig. 7 sweep LoRAs with it
             "motion_module": {"preset": "v3", "block_out_channels": list(UNET_CONFIG["block_out_channels"]),
                               "layers_per_block": UNET_CONFIG["layers_per_block"], "norm_num_groups": 32,
                               "num_attention_heads": 8, "position_encoding_length": 32},
@@ -508,6 +514,7 @@ class Builder:
             "stages": self.record,
             "parameters": _parameter_counts(tmp),
             "files_bytes": weights,
+            "motion_loras_missing": missing,
             "total_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
         }
         (tmp / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")

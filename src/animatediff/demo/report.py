@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="docs", help="folder for reproduction.md and reproduction/ (default: docs)")
     parser.add_argument("--quick", action="store_true", help="a tiny grid for development (not the report's numbers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see below)")
+    parser.add_argument("--experiments", nargs="+", choices=reproduce.Settings.experiments, default=None,
+                        metavar="NAME", help="run only these experiments (default: all: "
+                        f"{' '.join(reproduce.Settings.experiments)}); Table 1's AnimateDiff row always runs")
     parser.add_argument("--clip-towers", default=None, metavar="DIR",
                         help="contrastive towers for the CLIP-score stand-in (a folder written by demo/clip.py's "
                              "save_towers; default: the family's text-encoder/, else demo-v2/text-encoder if present)")
@@ -455,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = reproduce.settings_for(files)
     settings = dataclasses.replace(settings, **QUICK) if args.quick else settings
+    if args.experiments:
+        settings = dataclasses.replace(settings, experiments=tuple(args.experiments))
     start = time.perf_counter()
     results = reproduce.run(files, settings, clip_towers=towers)
     if towers is None:

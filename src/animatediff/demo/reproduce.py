@@ -178,13 +178,16 @@ class Settings:
 
 def settings_for(files: ModelFiles, base: Settings | None = None) -> Settings:
     """``base`` (default :class:`Settings`) with the family's own generation defaults from its ``demo.json``
-    (size, frames, steps, guidance, scheduler), so the report measures what users get."""
+    (size, frames, steps, guidance, scheduler) and MotionLoRA recipe, so the report measures what users get."""
     base = base or Settings()
     if files.metadata is None:
         return base
-    defaults = json.loads(files.metadata.read_text()).get("generation_defaults", {})
+    meta = json.loads(files.metadata.read_text())
+    defaults = meta.get("generation_defaults", {})
     known = {k: v for k, v in defaults.items() if k in ("num_frames", "width", "height", "steps", "guidance_scale",
                                                           "scheduler")}
+    if "motion_lora_recipe" in meta:  # the family's own MotionLoRA recipe (v2: 128 px) for the Fig. 7 sweeps
+        known["sweep_recipe"] = meta["motion_lora_recipe"]
     return dataclasses.replace(base, **known)
 
 
