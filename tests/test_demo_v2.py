@@ -101,8 +101,8 @@ def test_build_v2_stages_smoke(tmp_path):
     base = load_base_model(str(work / "init"))
     assert base.unet.config.sample_size == 16 and base.unet.config.cross_attention_dim == base.text_encoder.config.hidden_size
 
-    # base-v2: `animatediff train image --config demo/base-v2` from the init folder, 40 steps of batch 2 in a smoke run
-    assert record["base-v2"]["recipe"] == "demo/base-v2" and record["base-v2"]["steps"] == 40
+    # base-v2: `animatediff train image --config demo/base-v2` from the init folder, 100 steps of batch 2 in a smoke run
+    assert record["base-v2"]["recipe"] == "demo/base-v2" and record["base-v2"]["steps"] == 100
     trained = load_base_model(str(work / "base"))
     assert trained.unet.config.sample_size == 16
     assert not torch.equal(trained.unet.conv_in.weight, base.unet.conv_in.weight)  # the trained UNet, not init's
@@ -130,14 +130,18 @@ def test_build_base_v2_resumes_its_run(tmp_path):
     work = tmp_path / "v2"
     common = ["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused")]
     assert build.main(common + ["--only", "data-v2", "vae-v2", "text-encoder", "init-v2", "--steps-scale", "0.002"]) == 0
-    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.001"]) == 0  # 2 steps
+    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.0004"]) == 0  # 2 steps
     run = work / "runs" / "base-v2"
     (run / "mine.txt").write_text("a restart would remove the run folder")
-    assert build.main(common + ["--only", "base-v2", "--force", "base-v2", "--steps-scale", "0.002"]) == 0  # to 4
+    assert build.main(common + ["--only", "base-v2", "--force", "base-v2", "--steps-scale", "0.0008"]) == 0  # to 4
     assert (run / "mine.txt").is_file() and (run / "latest").read_text().strip() == "step-000004"
     with open(run / "train_log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
     record = json.loads((work / "stages.json").read_text())["base-v2"]
-    shutil.rmtree(work / "base")  # a fresh clone: the committed run, no base folder
-    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.002"]) == 0  # nothing left to train
+    shutil.rmtree(work / "base")  # a fresh clone: the committed fp16 base-unet, no run, no base folder
+    shutil.rmtree(run)
+    assert build.main(common + ["--only", "base-v2", "--steps-scale", "0.0008"]) == 0  # nothing to train
     assert json.loads((work / "stages.json").read_text())["base-v2"] == record and (work / "base" / "model_index.json").is_file()
+    assert not run.exists()  # not retrained: the folder is built from base-unet
+    committed = (work / "base-unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (work / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == committed

@@ -11,7 +11,7 @@ import animatediff
 PACKAGE = Path(animatediff.__file__).parent
 ORDER = [  # lowest first; a module may import its own layer and those below
     ["errors", "presets"],
-    ["motion_module", "motion_conv", "inflation", "components"],
+    ["motion_module", "motion_conv", "temporal_mixer", "inflation", "components"],
     ["weights", "sampling", "video_io"],  # video_io: readers for generation's input media (it imports only errors)
     ["generation"],
     ["bundled", "recipes"],

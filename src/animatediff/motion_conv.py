@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from torch import nn
 
+from .temporal_mixer import TemporalMixer3D
 from .presets import MotionModuleConfig
 
 
@@ -53,39 +54,15 @@ class TemporalConvBlock(nn.Module):
         return self.ff(self.ff_norm(x)) + x
 
 
-class TemporalConv3DModel(nn.Module):
-    """GroupNorm -> proj_in -> temporal convolution blocks -> proj_out, with a residual around it all.
-
-    ``config.num_attention_blocks`` convolutions per block (2, as the transformer's two self-attentions)."""
+class TemporalConv3DModel(TemporalMixer3D):
+    """GroupNorm -> proj_in -> temporal convolution blocks -> proj_out, with a residual around it all
+    (``TemporalMixer3D``, the transformer's own frame); ``config.num_attention_blocks`` convolutions per block (2,
+    as the transformer's two self-attentions)."""
 
     def __init__(self, channels: int, config: MotionModuleConfig):
-        super().__init__()
-        self.groupnorm_across_frames = config.motion_groupnorm_across_frames
-        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6, affine=True)
-        self.proj_in = nn.Linear(channels, channels)
+        super().__init__(channels, config)
         self.blocks = nn.ModuleList(TemporalConvBlock(channels, config.num_attention_blocks)
                                     for _ in range(config.num_transformer_blocks))
-        self.proj_out = nn.Linear(channels, channels)
-        if config.zero_initialize:
-            # Why: a fresh module is then an identity map, so training starts from the image model (paper §4.2).
-            nn.init.zeros_(self.proj_out.weight)
-            nn.init.zeros_(self.proj_out.bias)
 
-    def _group_norm(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:  # as TemporalTransformer3DModel's
-        if not self.groupnorm_across_frames:
-            return self.norm(x)  # statistics per frame, frames are in the batch
-        bf, c, h, w = x.shape
-        x = self.norm(x.view(bf // num_frames, num_frames, c, h, w).transpose(1, 2))  # (b f) c h w -> b c f h w
-        return x.transpose(1, 2).reshape(bf, c, h, w)  # b c f h w -> (b f) c h w
-
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
-        bf, c, h, w = hidden_states.shape  # (b f) c h w
-        b = bf // num_frames
-        x = self._group_norm(hidden_states, num_frames)
-        x = x.view(b, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, num_frames, c)  # -> (b h w) f c
-        x = self.proj_in(x)
-        for block in self.blocks:
-            x = block(x)
-        x = self.proj_out(x)
-        x = x.view(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)  # -> (b f) c h w
-        return x + hidden_states
+    def mixer_blocks(self) -> nn.ModuleList:
+        return self.blocks
