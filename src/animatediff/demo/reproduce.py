@@ -414,14 +414,7 @@ def run(files: ModelFiles, settings: Settings | None = None,
     if "table1" not in settings.experiments:
         return _finish(results, runner, files, clip_towers)
     if files.ablation_module is not None:  # §5.3: the same base, adapter and grid with the temporal-conv module
-        ablation = Animator.load(str(files.base), str(files.ablation_module), motion_preset="conv-ablation")
-        try:
-            ablation.set_loras(adapter=table_adapter)
-            for prompt, seed in grid:
-                runner.generate(ablation, "table1", ABLATION_CONV, prompt, seed)
-            ablation.clear_loras()
-        finally:
-            ablation.pipeline.close()
+        _animate_grid(runner, files.base, files.ablation_module, table_adapter, grid, ABLATION_CONV, "conv-ablation")
         progress(ABLATION_CONV)
     else:
         results.skipped[ABLATION_CONV] = "not available: no ablation/motion_module_conv.safetensors in the family"
@@ -443,14 +436,7 @@ def run(files: ModelFiles, settings: Settings | None = None,
 
     # The full finetune: animated, and its own images.
     if files.personal is not None:
-        personal = Animator.load(str(files.personal), str(files.motion_module))
-        try:
-            personal.set_loras(adapter=table_adapter)
-            for prompt, seed in grid:
-                runner.generate(personal, "table1", ANIMATEDIFF_PERSONAL, prompt, seed)
-            personal.clear_loras()
-        finally:
-            personal.pipeline.close()
+        personal = _animate_grid(runner, files.personal, files.motion_module, table_adapter, grid, ANIMATEDIFF_PERSONAL)
         own = Animator(personal.base, None, sources={"model": str(files.personal)})
         try:
             for prompt, seed in grid:
@@ -461,6 +447,21 @@ def run(files: ModelFiles, settings: Settings | None = None,
     else:
         results.skipped[ANIMATEDIFF_PERSONAL] = "not available: no personal/ diffusers folder in the family"
     return _finish(results, runner, files, clip_towers)
+
+
+def _animate_grid(runner: _Runner, model: Path, motion_module: Path, adapter, grid, condition: str,
+                  motion_preset: str | None = None) -> Animator:
+    """Table 1 clips of ``grid`` under ``condition`` with ``model`` + ``motion_module`` (+ the table's adapter);
+    returns the Animator, its motion modules detached (its base is reused for single images)."""
+    animator = Animator.load(str(model), str(motion_module), motion_preset=motion_preset)
+    try:
+        animator.set_loras(adapter=adapter)
+        for prompt, seed in grid:
+            runner.generate(animator, "table1", condition, prompt, seed)
+        animator.clear_loras()
+    finally:
+        animator.pipeline.close()
+    return animator
 
 
 def _finish(results: Results, runner: _Runner, files: ModelFiles, clip_towers: Path | None) -> Results:
