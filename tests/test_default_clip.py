@@ -112,6 +112,10 @@ def test_find_towers_prefers_explicit_then_the_family(tmp_path):
     _tiny_towers(tmp_path / "family" / "text-encoder")
     assert clip_score.find_towers(tmp_path / "family") == (tmp_path / "family" / "text-encoder", "the family's own")
     assert clip_score.find_towers(tmp_path, tmp_path / "family" / "text-encoder")[1] == "given"
+    import shutil  # a towers folder without its text tower is no towers folder (it crashed the report at the end)
+
+    shutil.rmtree(tmp_path / "family" / "text-encoder" / "text_encoder")
+    assert not clip_score.is_towers_folder(tmp_path / "family" / "text-encoder")
 
 
 def test_report_rejects_a_clip_towers_folder_without_towers(tmp_path, capsys):

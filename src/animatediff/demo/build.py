@@ -460,7 +460,7 @@ class Builder:
 
     def _v2_extras(self, tmp: Path) -> None:
         """The report's extras: the CLIP towers (text tower = base/text_encoder) and the §5.3 ablation module."""
-        shutil.copytree(self.work / "text-encoder", tmp / "text-encoder", ignore=shutil.ignore_patterns("text_encoder"))
+        shutil.copytree(self.work / "text-encoder", tmp / "text-encoder")  # the whole towers folder (clip.load_towers)
         _fp16_file(self.runs / "motion-module-conv-v2" / "motion-module-final.safetensors",
                    tmp / "ablation" / "motion_module_conv.safetensors")
 

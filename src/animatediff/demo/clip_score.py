@@ -23,7 +23,8 @@ TOWERS_FILE = "clip_config.json"  # with image_tower.safetensors and text_encode
 
 
 def is_towers_folder(folder: Path) -> bool:
-    return (folder / TOWERS_FILE).is_file() and (folder / "image_tower.safetensors").is_file()
+    """Every file ``clip.load_towers`` reads is there (a folder missing one is "no towers", not a late crash)."""
+    return all((folder / name).is_file() for name in (TOWERS_FILE, "image_tower.safetensors", "text_encoder/config.json"))
 
 
 def find_towers(family_root: Path | None, explicit: str | Path | None = None) -> tuple[Path | None, str]:

@@ -360,6 +360,7 @@ def run(files: ModelFiles, settings: Settings | None = None,
     """Run every experiment the family's files allow; returns all clips with their metrics.  ``clip_towers``: a
     ``demo/clip.py`` towers folder for the CLIP-score stand-in (``clip_score.find_towers``; None: not scored)."""
     settings = settings or Settings()
+    scorer = clip_score.ClipScorer(clip_towers) if clip_towers is not None else None  # loads now: fails before the clips
     results = Results(settings=settings, files=files)
     planned = planned_generations(settings, files)
     logger.info("plan: %d clips of %d frames and %d single images at %dx%d, %d steps; %d MotionLoRA trainings",
@@ -412,7 +413,7 @@ def run(files: ModelFiles, settings: Settings | None = None,
         animator.pipeline.close()  # detach the motion modules: the base UNet is reused as a plain T2I below
 
     if "table1" not in settings.experiments:
-        return _finish(results, runner, files, clip_towers)
+        return _finish(results, runner, files, scorer)
     if files.ablation_module is not None:  # §5.3: the same base, adapter and grid with the temporal-conv module
         _animate_grid(runner, files.base, files.ablation_module, table_adapter, grid, ABLATION_CONV, "conv-ablation")
         progress(ABLATION_CONV)
@@ -446,7 +447,7 @@ def run(files: ModelFiles, settings: Settings | None = None,
         progress(ANIMATEDIFF_PERSONAL)
     else:
         results.skipped[ANIMATEDIFF_PERSONAL] = "not available: no personal/ diffusers folder in the family"
-    return _finish(results, runner, files, clip_towers)
+    return _finish(results, runner, files, scorer)
 
 
 def _animate_grid(runner: _Runner, model: Path, motion_module: Path, adapter, grid, condition: str,
@@ -464,10 +465,10 @@ def _animate_grid(runner: _Runner, model: Path, motion_module: Path, adapter, gr
     return animator
 
 
-def _finish(results: Results, runner: _Runner, files: ModelFiles, clip_towers: Path | None) -> Results:
+def _finish(results: Results, runner: _Runner, files: ModelFiles, scorer: clip_score.ClipScorer | None) -> Results:
     """The CLIP-score stand-in on the clips (while their frames are here) and the end-to-end timing."""
-    if clip_towers is not None:
-        add_clip_scores(results, clip_score.ClipScorer(clip_towers))
+    if scorer is not None:
+        add_clip_scores(results, scorer)
     else:
         results.skipped["CLIP score"] = "not available: no contrastive towers (text-encoder/) found"
     results.seconds = runner.elapsed()
