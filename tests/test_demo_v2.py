@@ -115,6 +115,9 @@ def test_build_v2_stages_smoke(tmp_path):
     meta = json.loads((bundle / "demo.json").read_text())
     assert meta["generation_defaults"]["width"] == 128 and (bundle / "text-encoder" / "image_tower.safetensors").is_file()
     assert (bundle / "ablation" / "motion_module_conv.safetensors").is_file()
+    from animatediff.demo.clip_score import is_towers_folder
+
+    assert is_towers_folder(bundle / "text-encoder")  # what the report scores with
     assert sorted(p.stem for p in (bundle / "motion_loras").glob("*.safetensors")) == sorted(CAMERA_MOVES)
     from animatediff.api import Animator
 
