@@ -438,6 +438,8 @@ class Builder:
             clips = self.data / f"static-clips-{move}.csv"
             _write_csv(clips, rows[i * per_move:(i + 1) * per_move])
             stage, run = f"motion-lora-v2-{move}", self.runs / f"motion-lora-v2-{move}"
+            if "motion-loras-v2" in self.force:  # --force motion-loras-v2: every move (resumed: more steps continue it)
+                self.force.add(stage)
             if not self.train(stage, "motion-lora", "motion-lora-v2", run, run / "motion-lora-final.safetensors",
                               resume=True, base_model=self.work / "base", caption_file=clips, camera_move=move,
                               motion_module=module, domain_adapter=adapter, **self._smoke_clips()):
@@ -661,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=("v1", "v2"), default="v1",
                         help="v1: the bundled family (default); v2: the stages of issue 11 built so far (--work demo-v2)")
     parser.add_argument("--only", nargs="+", choices=STAGES + V2_STAGES, help="run only these stages")
-    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + V2_STAGES + tuple(f"motion-lora-{m}" for m in CAMERA_MOVES),
+    parser.add_argument("--force", nargs="+", default=[], choices=STAGES + V2_STAGES + tuple(f"motion-lora{v}-{m}" for v in ("", "-v2") for m in CAMERA_MOVES),
                         help="redo these stages even when their outputs exist")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (0.02: smoke run)")
     parser.add_argument("--threads", type=int, default=1,
