@@ -125,7 +125,7 @@ def test_report_renders_tables_plot_and_examples(tmp_path):
     assert "not run" in text  # the full finetune is absent
 
 
-def test_ablation_row_follows_the_motion_module_row():
+def test_ablation_row_follows_the_motion_module_row(tmp_path):
     results = _known_results()
     frames = [c for c in results.select("table1", reproduce.FRAME_BY_FRAME)]
     results.clips += [dataclasses.replace(c, condition=reproduce.ABLATION_CONV) for c in frames]
@@ -133,6 +133,8 @@ def test_ablation_row_follows_the_motion_module_row():
     assert names.index(reproduce.ABLATION_CONV) == names.index(reproduce.ANIMATEDIFF_BASE) + 1
     text = report.render(results, {"command": "`x`"}, [], strip=False)
     assert f"| {reproduce.ABLATION_CONV} | 2 |" in text and "§5.3 ablation" in text
+    assert "| 1-D temporal convolution | 2 |" in text and "Not run" not in text.split("§5.3 motion-module")[1][:200]
+    report.write_plot(results, tmp_path / "plot.png")  # the plot names every Table 1 row (it raised KeyError)
 
 
 def test_smoke_run_on_the_bundled_family():
