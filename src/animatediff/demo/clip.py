@@ -226,13 +226,7 @@ def train_clip(config: ClipConfig, checkpoint: Path | None = None, save_every_se
         index = torch.randint(0, pool_size, (config.batch_size,), generator=state.generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = contrastive_loss(model, pixels[index], ids[index])
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        state.optimizer.step()
-        state.schedule.step()
-        state.step += 1
-        state.losses.append(round(float(loss.detach()), 5))
+        trainer_state.step(state, model, loss, loss, digits=5)
         now = time.perf_counter()
         if state.step % 50 == 0 or state.step == config.steps:
             logger.info("clip step %d/%d: loss %.4f (%.1f steps/s)", state.step, config.steps,

@@ -19,6 +19,18 @@ def comparable(values: dict) -> dict:
     return {**json.loads(json.dumps(values)), "steps": 0, "max_seconds": 0}
 
 
+def step(state, model: nn.Module, loss: torch.Tensor, logged: torch.Tensor, digits: int) -> None:
+    """One optimisation step of a demo trainer: backward, clip the gradient norm to 1, AdamW and schedule step, then
+    ``state.step += 1`` and ``logged`` (the loss or a part of it) appended to ``state.losses``."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    state.optimizer.step()
+    state.schedule.step()
+    state.step += 1
+    state.losses.append(round(float(logged.detach()), digits))
+
+
 def save(folder: Path, config: dict, model: nn.Module, state) -> None:
     """Write ``folder/state.pt`` atomically (``state``: optimizer, schedule, generator, step, losses, seconds)."""
     folder.mkdir(parents=True, exist_ok=True)

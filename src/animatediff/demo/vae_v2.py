@@ -121,13 +121,7 @@ def train(config: VAE2Config, checkpoint: Path | None = None, save_every_seconds
         mse = (reconstruction - batch).square().mean()
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # diffusers sums KL over (c, h, w): per element
         loss = mse + config.kl_weight * kl + config.l1_weight * (reconstruction - batch).abs().mean()
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        state.optimizer.step()
-        state.schedule.step()
-        state.step += 1
-        state.losses.append(round(float(mse.detach()), 6))
+        trainer_state.step(state, vae, loss, mse, digits=6)
         now = time.perf_counter()
         if state.step % 50 == 0:
             logger.info("vae-v2 step %d/%d: mse %.5f", state.step, config.steps, float(np.mean(state.losses[-50:])))
