@@ -103,6 +103,9 @@ def motion_lora_path(name: str) -> str:
 
 def sparsectrl_path(name: str) -> str:
     """``sparsectrl-rgb`` -> the bundled SparseCtrl encoder; anything else is returned unchanged."""
+    if name in SPARSECTRLS and not Path(name).expanduser().exists() and not (demo_root() / "sparsectrl_rgb.safetensors").is_file():
+        raise UserInputError("the bundled family has no SparseCtrl encoder (family v2's package-v2 stage writes "
+                             "sparsectrl_rgb.safetensors)", field="sparsectrl", value=name)
     return _resolve("sparsectrl", SPARSECTRLS, "sparsectrl_rgb.safetensors", name)
 
 
