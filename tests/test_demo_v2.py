@@ -90,7 +90,8 @@ def test_build_v2_stages_smoke(tmp_path):
     assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
     record = json.loads((work / "stages.json").read_text())
     assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
-                           "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2"} | {f"motion-lora-v2-{m}" for m in CAMERA_MOVES}
+                           "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2", "sparsectrl-v2"} | \
+        {f"motion-lora-v2-{m}" for m in CAMERA_MOVES}
     assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
     assert (work / "vae" / "config.json").is_file() and not (tmp_path / "unused").exists()
     assert record["text-encoder"]["steps"] == 20 and "shape" in record["text-encoder"]["zero_shot_single_object"]
@@ -119,6 +120,8 @@ def test_build_v2_stages_smoke(tmp_path):
 
     assert is_towers_folder(bundle / "text-encoder")  # what the report scores with
     assert sorted(p.stem for p in (bundle / "motion_loras").glob("*.safetensors")) == sorted(CAMERA_MOVES)
+    assert record["sparsectrl-v2"]["steps"] == 2 and meta["sparsectrl"]["file"] == build.SPARSECTRL_FILE  # issue 12
+    assert meta["files_bytes"][build.SPARSECTRL_FILE] == (bundle / build.SPARSECTRL_FILE).stat().st_size
     from animatediff.api import Animator
 
     animator = Animator.load(str(bundle / "base"), str(bundle / "motion_module.safetensors"))

@@ -39,6 +39,19 @@ def clips():
     return {"static": static, "smooth": smooth, "flicker": flicker}
 
 
+def test_psnr_and_ssim_against_a_reference(clips):
+    image = clips["smooth"][0]
+    assert metrics.psnr(image, image) == float("inf") and metrics.ssim(image, image) == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(0, 8, image.shape)
+    noisy = np.clip(image + noise, 0, 255).astype(np.uint8)
+    assert metrics.psnr(noisy, image) == pytest.approx(20 * np.log10(255 / 8), abs=0.3)  # sigma 8: ~30 dB
+    worse = np.clip(image + 4 * noise, 0, 255).astype(np.uint8)
+    assert metrics.ssim(worse, image) < metrics.ssim(noisy, image) < 1.0
+    assert metrics.psnr(clips["smooth"][-1], image) < metrics.psnr(noisy, image)  # the object moved
+    with pytest.raises(ValueError, match="two uint8 images"):
+        metrics.psnr(image, image[:-1])
+
+
 @pytest.fixture
 def demo_entry_point(monkeypatch):
     """The package's pyproject registers the demo scorer; stand in for the installed metadata here."""

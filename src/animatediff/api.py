@@ -62,6 +62,7 @@ class Animator:
         self._handles: list = []
         self.lora_set = LoraSet()
         self.defaults: dict = {}  # GenerationConfig fields the model is made for (the bundled demo: 64x64)
+        self.sparsectrl: str | None = None  # the bundled family's SparseCtrl encoder: image-to-video uses it
 
     @classmethod
     def load(
@@ -95,7 +96,7 @@ class Animator:
             motion = load_motion_modules(motion_module, preset=motion_preset, max_frames=max_frames, unet=base.unet, dtype=dtype)
             motion.to(device=device)
         animator = cls(base, motion, sources={"model": model, "motion_module": motion_module or ""})
-        animator.defaults = found.defaults
+        animator.defaults, animator.sparsectrl = found.defaults, found.sparsectrl
         if compile:  # speed: compiled in place on this instance
             compiled.compile_unet(animator.pipeline)
         return animator
@@ -154,7 +155,15 @@ class Animator:
         Image-to-video and IP-Adapter (image_input.py, ip_adapter.py): ``image="still.png", strength=0.8,
         image_strength=1.0, image_falloff=32``; ``ip_adapter=[{"path": "ip-adapter_sd15.bin", "scale": 0.7}],
         ip_adapter_image_encoder="image_encoder/", ip_images=[{"image": "a.png", "frame": 0}, {"image": "b.png",
-        "frame": 15}]`` (several images travel across the frames)."""
+        "frame": 15}]`` (several images travel across the frames). With the bundled family and its SparseCtrl encoder
+        (v2), ``image=`` alone uses the encoder (keyframe at frame 0); ``sparsectrl=None`` or a blend setting
+        (``image_strength``, ``image_falloff``, ``strength``) keeps the init-latent blend (bundled.image_to_video_settings).
+        ``sparsectrl="sparsectrl-rgb"`` names the bundled encoder."""
+        from .bundled import image_to_video_settings, sparsectrl_path
+
+        if isinstance(settings.get("sparsectrl"), str):
+            settings["sparsectrl"] = sparsectrl_path(settings["sparsectrl"])
+        settings = image_to_video_settings(settings, self.sparsectrl)
         if settings.get("video") is not None and "num_frames" not in settings and not isinstance(prompt, GenerationConfig):
             from .generation.video_input import video_frame_count
 

@@ -9,6 +9,8 @@ Layout of the bundle (written by ``python -m animatediff.demo.build``)::
     domain_adapter.safetensors     official v3 adapter layout (processor LoRA on spatial attention)
     motion_module.safetensors      official v3 key layout
     motion_loras/<Move>.safetensors  the eight camera MotionLoRAs (official processor layout)
+    sparsectrl_rgb.safetensors     optional (family v2): a SparseCtrl RGB encoder, official keys, recorded in
+                                   demo.json's "sparsectrl"; ``generate --image`` with the bundled family uses it
 
 A name is only looked up in the bundle when no file or folder of that name exists, so explicit paths always
 win (a local folder called ``personal`` is still loaded as that folder).
@@ -30,6 +32,10 @@ MODELS = ("base", "personal")
 LORAS = ("personal-lora",)
 ADAPTERS = ("domain-adapter",)
 MOTION_MODULES = ("demo",)
+SPARSECTRLS = ("sparsectrl-rgb",)
+NO_SPARSECTRL = "none"  # --sparsectrl none: image-to-video by the init-latent blend even where the family has an encoder
+# Settings that only the init-latent blend reads: given explicitly, they ask for the blend, not the bundled encoder.
+BLEND_FIELDS = ("image_strength", "image_falloff", "strength")
 
 
 def demo_root() -> Path:
@@ -95,14 +101,39 @@ def motion_lora_path(name: str) -> str:
     return _resolve("motion_loras", CAMERA_MOVES, "motion_loras/{name}.safetensors", name)
 
 
-NAMES = (*MODELS, *MOTION_MODULES, *LORAS, *ADAPTERS, *CAMERA_MOVES)  # every name a generate flag takes as bundled
+def sparsectrl_path(name: str) -> str:
+    """``sparsectrl-rgb`` -> the bundled SparseCtrl encoder; anything else is returned unchanged."""
+    if name in SPARSECTRLS and not Path(name).expanduser().exists() and not (demo_root() / "sparsectrl_rgb.safetensors").is_file():
+        raise UserInputError("the bundled family has no SparseCtrl encoder (family v2's package-v2 stage writes "
+                             "sparsectrl_rgb.safetensors)", field="sparsectrl", value=name)
+    return _resolve("sparsectrl", SPARSECTRLS, "sparsectrl_rgb.safetensors", name)
+
+
+def family_sparsectrl() -> str | None:
+    """The bundled family's SparseCtrl encoder file when its ``demo.json`` records one that is there; else None
+    (the v1 family: image-to-video keeps the init-latent blend)."""
+    entry = metadata().get("sparsectrl")
+    path = demo_root() / entry["file"] if entry else None
+    return str(path) if path is not None and path.is_file() else None
+
+
+def image_to_video_settings(given: dict, encoder: str | None) -> dict:
+    """GenerationConfig fields ``given`` explicitly, with ``sparsectrl`` = the family's ``encoder`` added when they
+    animate an ``image`` and name no encoder (``sparsectrl``, even None) and none of the blend's settings
+    (:data:`BLEND_FIELDS`); otherwise ``given`` unchanged. The image then is the RGB keyframe at frame 0."""
+    if encoder is None or given.get("image") is None or "sparsectrl" in given or any(given.get(f) is not None for f in BLEND_FIELDS):
+        return given
+    return {**given, "sparsectrl": encoder}
+
+
+NAMES = (*MODELS, *MOTION_MODULES, *LORAS, *ADAPTERS, *CAMERA_MOVES, *SPARSECTRLS)  # every name a generate flag takes as bundled
 
 
 def bundled_file(name: str) -> str:
     """Any bundled name (``base``, ``demo``, ``personal-lora``, ``domain-adapter``, ``ZoomIn`` ...) -> its file or
     folder, resolved by the same function as the ``generate`` flag that takes it; an existing path or an unknown
     name is returned unchanged (``animatediff inspect``). The names of the kinds do not overlap."""
-    for resolve_kind in (model_path, motion_module_path, lora_path, adapter_path, motion_lora_path):
+    for resolve_kind in (model_path, motion_module_path, lora_path, adapter_path, motion_lora_path, sparsectrl_path):
         found = resolve_kind(name)
         if found != name:
             return found
@@ -125,6 +156,7 @@ class Resolved:
     motion_loras: list[tuple[str, float]] = field(default_factory=list)
     adapter: tuple[str, float] | None = None
     defaults: dict = field(default_factory=dict)  # GenerationConfig fields; flags given explicitly override them
+    sparsectrl: str | None = None  # the family's SparseCtrl encoder, for image-to-video (image_to_video_settings)
 
 
 def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras=(), adapter=None) -> Resolved:
@@ -141,6 +173,7 @@ def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras
     if bundled_model:
         resolved.motion_module = resolved.motion_module or _bundled("motion_module", "demo", "motion_module.safetensors")
         resolved.defaults = generation_defaults()
+        resolved.sparsectrl = family_sparsectrl()
         _one_thread()
     return resolved
 
@@ -161,6 +194,7 @@ def _one_thread() -> None:
         torch.set_num_threads(1)
 
 
-__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "NAMES", "bundled_file", "Resolved", "resolve", "resolve_addons", "demo_root", "is_available",
+__all__ = ["MODELS", "LORAS", "ADAPTERS", "CAMERA_MOVES", "SPARSECTRLS", "NAMES", "sparsectrl_path", "family_sparsectrl",
+           "image_to_video_settings", "bundled_file", "Resolved", "resolve", "resolve_addons", "demo_root", "is_available",
            "metadata", "generation_defaults", "model_path", "motion_module_path", "lora_path", "adapter_path",
            "motion_lora_path"]

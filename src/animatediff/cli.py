@@ -228,7 +228,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         if not args.prompt and "prompt_map" not in overrides:
             raise UserInputError("generate: give a PROMPT (or --prompt-map, or --config FILE.yaml)")
-        from .bundled import resolve  # no --model: the bundled demo family; bundled names -> files
+        from .bundled import image_to_video_settings, resolve  # no --model: the bundled demo family; bundled names -> files
 
         found = resolve(args.model, args.motion_module, loras, motion_loras, adapter)
         name = args.prompt or "prompt-travel"
@@ -236,7 +236,7 @@ def run_generate(args: argparse.Namespace) -> int:
         jobs = [
             GenerateJob(model=found.model, motion_module=found.motion_module, prompt=args.prompt or "", negative_prompt=args.negative or "",
                         loras=found.loras, motion_loras=found.motion_loras, adapter=found.adapter,
-                        settings={**found.defaults, **overrides}, out=out)
+                        settings={**found.defaults, **image_to_video_settings(overrides, found.sparsectrl)}, out=out)
         ]
     for job in jobs if not (args.config or args.jobs) else ():  # a batch checks them with its resume plan
         check_output(job.out, overwrite=args.overwrite)
@@ -750,7 +750,9 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
         "image-to-video", "Animate a still without an encoder: frame i starts from a blend of the image's latent "
         "(weight image-strength x (1 - i / image-falloff)) and noise, then the last int(steps x --strength) steps run.")
     group.add_argument("--image", metavar="PATH", help="the still to animate (centre-cropped to --width x --height, "
-                       "never stretched); --strength 0 < S <= 1 as for --video (default 0.8)")
+                       "never stretched); --strength 0 < S <= 1 as for --video (default 0.8). With --sparsectrl, or "
+                       "with a bundled family that has a SparseCtrl encoder (v2) and none of the blend's flags, the "
+                       "image is the encoder's keyframe at frame 0 instead")
     group.add_argument("--image-strength", dest="image_strength", type=float, metavar="A",
                        help="the image's weight in frame 0's start latent, 0 < A <= 1 (default 1)")
     group.add_argument("--image-falloff", dest="image_falloff", type=float, metavar="FRAMES",
@@ -810,7 +812,8 @@ def add_sparsectrl_args(parser: argparse.ArgumentParser) -> None:
         "still, first and last interpolate, several scribbles make a storyboard. Images are centre-cropped to the "
         "clip's aspect, then resized.")
     group.add_argument("--sparsectrl", metavar="FILE", help="SparseCtrl encoder: v3_sd15_sparsectrl_rgb.ckpt or "
-                       "_scribble.ckpt (official or diffusers keys); the flavour is read from the file")
+                       "_scribble.ckpt (official or diffusers keys; the flavour is read from the file), or the bundled "
+                       "family's sparsectrl-rgb; none: no encoder (--image then uses the init-latent blend)")
     group.add_argument("--keyframe", action="append", metavar="IMAGE@INDEX",
                        help="a keyframe image at a frame (negative: from the end, -1 = last); repeatable")
     group.add_argument("--sparsectrl-scale", type=parse_multival, metavar="S",
@@ -829,6 +832,11 @@ def _sparsectrl_settings(args: argparse.Namespace) -> dict:
     from .weights.sparsectrl import flavour
 
     settings = {name: getattr(args, name) for name in SPARSECTRL_FLAGS if name != "keyframes" and getattr(args, name) is not None}
+    if args.sparsectrl is not None:  # a bundled name -> its file; `none` (not a file): explicitly no encoder
+        from .bundled import NO_SPARSECTRL, sparsectrl_path
+
+        none = args.sparsectrl == NO_SPARSECTRL and not Path(args.sparsectrl).exists()
+        args.sparsectrl = settings["sparsectrl"] = None if none else sparsectrl_path(args.sparsectrl)
     if args.keyframe:
         settings["keyframes"] = [sparsectrl.parse_keyframe_arg(text) for text in args.keyframe]
         for keyframe in settings["keyframes"]:

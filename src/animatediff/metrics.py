@@ -11,6 +11,8 @@ pixel taking the flow of the channel with the most local texture — grayscale a
   scaled to the resolution and frame rate; :func:`is_static` — VBench's static filter (top 2 %).
 - :func:`camera_motion` — similarity transform fitted to the flow (zoom, roll, pan, tilt + one of the eight
   MotionLoRA labels, camera-centric, the same conventions as :func:`animatediff.training.augment.camera_move`).
+- :func:`psnr`, :func:`ssim` — one frame against a spatially aligned reference (e.g. the image an
+  image-to-video clip was given for its frame 0); meaningless for frames that moved.
 
 Scores that need a particular world (the demo's attribute accuracy, watermark and style scores) live with
 that world (``animatediff.demo.scores``) and reach ``animatediff eval`` as scorer plug-ins.
@@ -249,6 +251,35 @@ def camera_motion(frames: np.ndarray, flows: ClipFlows | None = None, ignore_box
              if abs(v) >= 1.0]
     return {**{k: round(v, 4) for k, v in totals.items()}, "label": moves[0] if moves else "static",
             "moves": moves}
+
+
+# ------------------------------------------------------------------------------------ image vs reference
+
+def _check_pair(image: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(image), np.asarray(reference)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"expected two uint8 images (H, W, 3) of one shape, got {a.dtype} {a.shape} and {b.dtype} {b.shape}")
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """10 log10(255^2 / MSE) in dB over all pixels and channels (inf for identical images)."""
+    a, b = _check_pair(image, reference)
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim(image: np.ndarray, reference: np.ndarray) -> float:
+    """Wang et al. 2004 SSIM, per channel then averaged: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03,
+    data range 255 (``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, channel_axis=-1)``, up to its border handling: here borders are reflected)."""
+    a, b = _check_pair(image, reference)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.mean())
 
 
 # ------------------------------------------------------------------------------------------------ all

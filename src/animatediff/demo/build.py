@@ -30,7 +30,10 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
                     as v1's stages, with the demo/<stage> recipes at 128 px (16x16 latents)
     motion-module-conv-v2  the paper's §5.3 ablation: the same stage with the temporal-convolution preset
     motion-loras-v2 x8 on clips of static objects (<work>/data/static-videos), so the camera is their only motion
-    package-v2      the v2 family in the bundled layout (fp16) in <work>/bundle, with the CLIP towers
+    sparsectrl-v2   animatediff train sparsectrl --config demo/sparsectrl-v2: a SparseCtrl RGB encoder (issue 12)
+                    on the frozen v2 base + motion module + domain adapter, on <work>/data/videos.csv
+    package-v2      the v2 family in the bundled layout (fp16) in <work>/bundle, with the CLIP towers and the
+                    SparseCtrl encoder (sparsectrl_rgb.safetensors: what `generate --image` uses)
 
 Every v2 training stage resumes from its run folder <work>/runs/<stage> (the trainer's --resume) when that
 holds a checkpoint, so an interrupted build continues exactly.
@@ -62,7 +65,8 @@ logger = logging.getLogger("animatediff.demo.build")
 STAGES = ("data", "vae", "init", "base", "personal", "personal-lora", "domain-adapter", "motion-module",
           "motion-loras", "package")
 V2_STAGES = ("text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
-             "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2", "motion-loras-v2", "package-v2")  # family v2 (issue 11), built so far: --family v2
+             "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2", "motion-loras-v2", "sparsectrl-v2",
+             "package-v2")  # family v2 (issue 11), built so far: --family v2
 V2_SIZE = 128  # pixels; the v2 VAE's 8x factor gives 16x16 latents
 
 # Dataset sizes (64 px): images train the base model and the VAE, videos the adapter / motion module / LoRAs.
@@ -447,23 +451,56 @@ class Builder:
         for marker in elsewhere:
             self.wait_for(marker, str(marker))
 
+    def _v2_input(self, stage: str, run_file: Path, bundled: str) -> Path:
+        """A trained v2 file another stage made: its run's export; while that stage runs in another build process,
+        wait for it; when its run folder is gone (a clone: ``runs/`` is not committed), the packaged fp16 copy
+        ``work/bundle/<bundled>``, the weights generation uses."""
+        copy = self.work / "bundle" / bundled
+        if run_file.is_file() or (self.runs / f"{stage}.lock").exists() or not copy.is_file():
+            self.wait_for(run_file, f"the v2 {stage} export")
+            return run_file
+        logger.info("%s: no %s; using the packaged copy %s", stage, run_file, copy)
+        return copy
+
+    def stage_sparsectrl_v2(self) -> None:
+        """A SparseCtrl RGB encoder (issue 12) for the v2 family: the frozen base with the domain adapter merged
+        and the motion module, as the motion module was trained; bundled as ``sparsectrl_rgb.safetensors``."""
+        module = self._v2_input("motion-module-v2", self.runs / "motion-module-v2" / "motion-module-final.safetensors",
+                                "motion_module.safetensors")
+        adapter = self._v2_input("domain-adapter-v2", self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors",
+                                 "domain_adapter.safetensors")
+        self.wait_for(self.work / "base" / "model_index.json", "the v2 base model")
+        self._v2_train("sparsectrl-v2", "sparsectrl", self.runs / "sparsectrl-v2" / "sparsectrl-final.safetensors",
+                       base_model=self.work / "base", caption_file=self.data / "videos.csv", motion_module=module,
+                       domain_adapter=adapter, **self._smoke_clips())
+
     def stage_package_v2(self) -> None:
-        """The v2 family in the bundled layout (fp16) in ``work/bundle``, plus the CLIP towers the report scores with."""
-        runs = self.runs
+        """The v2 family in the bundled layout (fp16) in ``work/bundle``, plus the CLIP towers the report scores with
+        and the SparseCtrl encoder. A file whose run folder is gone (a clone: ``runs/`` is not committed) is taken
+        from the bundle already there (fp16 -> fp16: unchanged), so adding one newly trained file re-packages."""
+        runs, trained = self.runs, self._trained_or_packaged
         self.package(self.work / "bundle", {
-            "base": self.work / "base", "personal": self.work / "personal",
-            "domain_adapter": runs / "domain-adapter-v2" / "domain-adapter-final.safetensors",
-            "motion_module": runs / "motion-module-v2" / "motion-module-final.safetensors",
-            "personal_lora": runs / "personal-lora-v2" / "domain-adapter-final.safetensors",
-            "motion_loras": {m: runs / f"motion-lora-v2-{m}" / "motion-lora-final.safetensors" for m in CAMERA_MOVES},
+            "base": self.work / "base", "personal": trained(self.work / "personal", "personal"),
+            "domain_adapter": trained(runs / "domain-adapter-v2" / "domain-adapter-final.safetensors", "domain_adapter.safetensors"),
+            "motion_module": trained(runs / "motion-module-v2" / "motion-module-final.safetensors", "motion_module.safetensors"),
+            "personal_lora": trained(runs / "personal-lora-v2" / "domain-adapter-final.safetensors", "personal-lora.safetensors"),
+            "motion_loras": {m: trained(runs / f"motion-lora-v2-{m}" / "motion-lora-final.safetensors",
+                                        f"motion_loras/{m}.safetensors") for m in CAMERA_MOVES},
+            "sparsectrl": trained(runs / "sparsectrl-v2" / "sparsectrl-final.safetensors", SPARSECTRL_FILE),
         }, defaults={**GENERATION_DEFAULTS, "width": V2_SIZE, "height": V2_SIZE, "guidance_scale": V2_GUIDANCE},
             text_encoder="trained contrastively with an image tower (demo/clip.py, stage text-encoder), then frozen",
             extra=self._v2_extras, motion_lora_recipe="demo/motion-lora-v2")
 
+    def _trained_or_packaged(self, path: Path, packaged: str) -> Path:
+        """``path`` (a run's export or a stage folder), else ``work/bundle/<packaged>`` when only that exists."""
+        copy = self.work / "bundle" / packaged
+        return copy if not path.exists() and copy.exists() else path
+
     def _v2_extras(self, tmp: Path) -> None:
         """The report's extras: the CLIP towers (text tower = base/text_encoder) and the §5.3 ablation module."""
         shutil.copytree(self.work / "text-encoder", tmp / "text-encoder")  # the whole towers folder (clip.load_towers)
-        _fp16_file(self.runs / "motion-module-conv-v2" / "motion-module-final.safetensors",
+        _fp16_file(self._trained_or_packaged(self.runs / "motion-module-conv-v2" / "motion-module-final.safetensors",
+                                             "ablation/motion_module_conv.safetensors"),
                    tmp / "ablation" / "motion_module_conv.safetensors")
 
     # ---- package -------------------------------------------------------------------------------------
@@ -492,13 +529,15 @@ class Builder:
             _fp16_folder(files[name], tmp / name)
         _fp16_file(files["domain_adapter"], tmp / "domain_adapter.safetensors")
         _fp16_file(files["motion_module"], tmp / "motion_module.safetensors")
-        _fp16_file(files["personal_lora"], tmp / "personal-lora.safetensors", convert=processor_lora_to_kohya)
+        packaged = out in files["personal_lora"].parents  # re-packaged from the bundle: kohya keys already
+        _fp16_file(files["personal_lora"], tmp / "personal-lora.safetensors", convert=None if packaged else processor_lora_to_kohya)
         missing = [move for move, path in files["motion_loras"].items() if not path.is_file()]
         for move, path in files["motion_loras"].items():
             if move not in missing:
                 _fp16_file(path, tmp / "motion_loras" / f"{move}.safetensors")
         if missing:  # a family still being trained (v2): packaged for the report, which skips what is absent
             logger.warning("packaging without the MotionLoRAs not trained yet: %s", ", ".join(missing))
+        sparsectrl = package_sparsectrl(files.get("sparsectrl"), tmp)
         if extra is not None:
             extra(tmp)
         weights = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*.safetensors"))}
@@ -517,6 +556,7 @@ class Builder:
             "parameters": _parameter_counts(tmp),
             "files_bytes": weights,
             "motion_loras_missing": missing,
+            **({"sparsectrl": sparsectrl} if sparsectrl else {}),  # bundled.py: `generate --image` uses it
             "total_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
         }
         (tmp / "demo.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -531,6 +571,22 @@ class Builder:
                 continue
             logger.info("=== stage %s", stage)
             getattr(self, "stage_" + stage.replace("-", "_"))()
+
+
+SPARSECTRL_FILE = "sparsectrl_rgb.safetensors"  # the bundled name sparsectrl-rgb (bundled.py)
+
+
+def package_sparsectrl(source: Path | None, bundle: Path) -> dict | None:
+    """The trained SparseCtrl encoder (official keys) as ``bundle/sparsectrl_rgb.safetensors`` in fp16; returns its
+    ``demo.json`` entry, or None (with a warning) when the family has none trained yet."""
+    if source is None:
+        return None
+    if not source.is_file():
+        logger.warning("packaging without the SparseCtrl encoder (not trained yet: %s)", source)
+        return None
+    _fp16_file(source, bundle / SPARSECTRL_FILE)
+    return {"file": SPARSECTRL_FILE, "flavour": "rgb", "recipe": "demo/sparsectrl-v2",
+            "bytes": (bundle / SPARSECTRL_FILE).stat().st_size}
 
 
 def stage_table(meta: dict) -> str:

@@ -4,7 +4,8 @@ Runs :func:`animatediff.demo.reproduce.run` on the bundled demo family (or ``--m
 
     docs/reproduction.md              the report: targets, Table 1 / Fig. 6 / Fig. 7 analogs, settings, hashes
     docs/reproduction/plot.png        the one plot (adapter sweep, camera-move accuracy, warping error)
-    docs/reproduction/*.gif, *.png    example animations, the default clips (default-*.gif) and the Fig. 6 strip
+    docs/reproduction/*.gif, *.png    example animations, the default clips (default-*.gif), the SparseCtrl
+                                      image-to-video clips of the first scene (sparsectrl-*.gif) and the Fig. 6 strip
     docs/reproduction/clips.json      every clip's metrics
 
 Under 20 minutes on 2 CPU cores with the default grid; ``--quick`` runs a tiny grid for development.  Works on
@@ -81,6 +82,22 @@ def write_default_gifs(results: Results, folder: Path) -> list[str]:
                 continue
             name = default_gif_name(i, None if clip.experiment == "default-truth" else clip.seed)
             save_video(clip.frames, folder / name, results.settings.fps)  # no settings sidecar next to a docs example
+            names.append(name)
+    return names
+
+
+SPARSECTRL_GIFS = {reproduce.TRAINING_DATA: "sparsectrl-truth.gif", reproduce.SPARSECTRL_RGB: "sparsectrl-encoder.gif",
+                   reproduce.SPARSECTRL_BLEND: "sparsectrl-blend.gif", reproduce.SPARSECTRL_T2V: "sparsectrl-t2v.gif"}
+
+
+def write_sparsectrl_gifs(results: Results, folder: Path) -> list[str]:
+    """The SparseCtrl section's first scene: its ground truth and its three generated clips as GIFs."""
+    names = []
+    for condition, name in SPARSECTRL_GIFS.items():
+        clips = [c for c in results.select("sparsectrl-truth" if condition == reproduce.TRAINING_DATA else "sparsectrl",
+                                           condition) if c.frames is not None]
+        if clips:
+            save_video(clips[0].frames, folder / name, results.settings.fps)  # no settings sidecar next to a docs example
             names.append(name)
     return names
 
@@ -278,6 +295,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
                    [[t.claim, t.target, t.measured, {True: "**PASS**", False: "**MISS**", None: "not run"}[t.passed],
                      _why(results, t)] for t in reproduce.targets(results)]), ""]
     out += render_default_clips(results)
+    out += render_sparsectrl(results)
 
     n = s.table_prompts * len(s.seeds)
     out += ["## Table 1 analog: animating personalised models", "",
@@ -429,6 +447,52 @@ def render_default_clips(results: Results) -> list[str]:
     return out
 
 
+def render_sparsectrl(results: Results) -> list[str]:
+    """The SparseCtrl section (issue 12): frame 0 against the given image, motion, object presence; one sentence
+    reading the numbers; the first scene's GIFs."""
+    s = results.settings
+    out = ["## SparseCtrl: animating a given image (`animatediff generate PROMPT --image FILE`)", ""]
+    rows = {r["condition"]: r for r in reproduce.sparsectrl_table(results)}
+    if reproduce.SPARSECTRL_RGB not in rows:
+        why = results.skipped.get(reproduce.SPARSECTRL, "`sparsectrl` not in the run's experiments")
+        return out + [f"**Not run**: {why}.", ""]
+    out += [f"{s.sparsectrl_clips} world clips with one moving object; the prompt is the clip's caption and the given "
+            f"image its ground-truth frame 0 ({s.width}×{s.height}, watermarked like the training videos); seed "
+            f"{s.sparsectrl_seed}, the family's generation defaults ({s.num_frames} frames, {s.steps} steps), no "
+            "adapter or LoRA. Three ways: the family's SparseCtrl RGB encoder (the image is its keyframe at frame 0, "
+            "what `--image` does with this family), the init-latent blend (`--sparsectrl none`: no encoder, strength "
+            "0.8) and text-to-video without the image. *Frame 0*: PSNR and SSIM (Gaussian 11×11, `metrics.ssim`) "
+            "of generated frame 0 against the given image: only frame 0 is aligned with it, so later frames are not "
+            "compared (the clip should move). *Warping error*, *dynamic* (VBench rule, mean top-5 % flow) and "
+            "*object present* (share of frames showing the named object, `scores.object_presence`) as in the "
+            "sections above; ground truth in the first row.", "",
+            _table(["condition", "clips", "frame 0 PSNR (dB)", "frame 0 SSIM", "warping error", "dynamic clips",
+                    "dynamic degree", "object present", "s / clip"],
+                   [[r["condition"] + (" (given image = its frame 0)" if r["condition"] == reproduce.TRAINING_DATA else ""),
+                     str(r["clips"]), "= (identical)" if r["condition"] == reproduce.TRAINING_DATA else _f(r["psnr"], 1),
+                     _f(r["ssim"]), _f(r["warping_error"], 5), _f(r["dynamic_share"], percent=True),
+                     _f(r["dynamic_degree"], 4), _f(r["object_present"], percent=True), _f(r["seconds"], 1)]
+                    for r in rows.values()]), ""]
+    rgb, blend, t2v = (rows.get(c) for c in reproduce.SPARSECTRL_CONDITIONS)
+    truth = rows.get(reproduce.TRAINING_DATA)
+    if rgb and blend and t2v:
+        closer = "closer to" if rgb["psnr"] > blend["psnr"] else "no closer to"
+        out += [f"Reading: with the encoder, generated frame 0 is **{closer}** the given image than with the init-latent "
+                f"blend ({_f(rgb['psnr'], 1)} vs {_f(blend['psnr'], 1)} dB, SSIM {_f(rgb['ssim'])} vs {_f(blend['ssim'])}; "
+                f"text-to-video, which never sees the image, {_f(t2v['psnr'], 1)} dB / {_f(t2v['ssim'])} is the floor), "
+                f"and its clips are {_f(rgb['dynamic_share'], percent=True)} dynamic (blend "
+                f"{_f(blend['dynamic_share'], percent=True)}, ground truth "
+                f"{_f(truth['dynamic_share'] if truth else float('nan'), percent=True)}) with warping error "
+                f"{_f(rgb['warping_error'], 5)} (blend {_f(blend['warping_error'], 5)}) and the named object in "
+                f"{_f(rgb['object_present'], percent=True)} of frames (blend {_f(blend['object_present'], percent=True)}).", ""]
+    first = next((c.prompt for c in results.select("sparsectrl", reproduce.SPARSECTRL_RGB)), "")
+    width = max(128, s.width)
+    out += [f"First scene: *{first}*.", "",
+            _table([c if c != reproduce.TRAINING_DATA else "ground truth" for c in SPARSECTRL_GIFS],
+                   [[f'<img src="reproduction/{name}" width="{width}">' for name in SPARSECTRL_GIFS.values()]]), ""]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     examples = write_examples(results, folder)
     write_default_gifs(results, folder)
+    write_sparsectrl_gifs(results, folder)
     strip = write_adapter_strip(results, folder / "adapter-first-frames.png")
     write_plot(results, folder / "plot.png")
     (folder / "clips.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in clips_json(results)) + "\n]\n")

@@ -15,6 +15,9 @@ into ``docs/reproduction.md``.
 - **Default clip** (issue 11, item 6): the README's prompt and three more one-object prompts x 4 seeds, exactly
   as ``animatediff generate "PROMPT"`` makes them (the family's generation defaults, no adapter or LoRA): attribute
   accuracy, the share of frames showing the named object, warping error next to ground-truth clips of the prompts.
+- **SparseCtrl image-to-video** (issue 12): world clips' ground-truth frame 0 animated with the family's
+  SparseCtrl RGB encoder, with the init-latent blend (no encoder) and as plain text-to-video: frame 0 against the
+  given image (PSNR, SSIM), smoothness, dynamic degree and object presence of the clip.
 - **CLIP-score stand-in** (issue 11, item 1): with the family's contrastive towers (``clip_score.py``), Table 1's
   text alignment (frame-prompt cosine) and domain similarity (frame vs the personalised model's own image).
 
@@ -79,12 +82,14 @@ class ModelFiles:
     metadata: Path | None = None
     clip_towers: Path | None = None  # text-encoder/: the contrastive towers (demo/clip.py), the CLIP stand-in
     ablation_module: Path | None = None  # ablation/motion_module_conv.safetensors: preset conv-ablation (§5.3)
+    sparsectrl: Path | None = None  # sparsectrl_rgb.safetensors: the SparseCtrl RGB encoder (issue 12)
 
     def listing(self) -> dict[str, Path]:
         """Every file or folder of the family by role (for the report's hash table)."""
         named = {"base": self.base, "motion_module": self.motion_module, "personal": self.personal,
                  "personal_lora": self.personal_lora, "domain_adapter": self.domain_adapter,
-                 "metadata": self.metadata, "clip_towers": self.clip_towers, "ablation_module": self.ablation_module}
+                 "metadata": self.metadata, "clip_towers": self.clip_towers, "ablation_module": self.ablation_module,
+                 "sparsectrl": self.sparsectrl}
         named.update({f"motion_lora {move}": path for move, path in self.motion_loras.items()})
         return {k: v for k, v in named.items() if v is not None}
 
@@ -101,7 +106,8 @@ def model_files(models_dir: str | Path | None = None) -> ModelFiles:
     ``base/`` (diffusers folder), ``motion_module.safetensors``, and optionally ``personal/``,
     ``personal-lora.safetensors``, ``domain_adapter.safetensors``, ``motion_loras/<Move>.safetensors``,
     ``demo.json`` (training record and generation defaults), ``text-encoder/`` (contrastive towers, demo/clip.py),
-    ``ablation/motion_module_conv.safetensors`` (the §5.3 temporal-convolution module)."""
+    ``ablation/motion_module_conv.safetensors`` (the §5.3 temporal-convolution module), ``sparsectrl_rgb.safetensors``
+    (the SparseCtrl RGB encoder)."""
     root = Path(models_dir) if models_dir is not None else bundled_dir()
     option = "--models" if models_dir is not None else "bundled demo family"
     base, motion = root / "base", root / "motion_module.safetensors"
@@ -120,6 +126,7 @@ def model_files(models_dir: str | Path | None = None) -> ModelFiles:
         metadata=present(root / "demo.json"),
         clip_towers=root / "text-encoder" if clip_score.is_towers_folder(root / "text-encoder") else None,
         ablation_module=present(root / "ablation" / "motion_module_conv.safetensors"),
+        sparsectrl=present(root / "sparsectrl_rgb.safetensors"),
     )
 
 
@@ -165,10 +172,13 @@ class Settings:
     sweep_videos_default: int = 50
     sweep_data_seed: int = 7
     default_seeds: tuple[int, ...] = (42, 43, 44, 45)  # default-clip section: DEFAULT_SPECS x these (42: `make demo`)
+    sparsectrl_clips: int = 8  # SparseCtrl section: world clips animated from their frame 0, one seed each
+    sparsectrl_seed: int = 42
     # "table1" (frame-by-frame and the personalised variants; AnimateDiff on the base always runs),
     # "adapter" (Fig. 6), "camera" (Fig. 7 moves), "sweeps" (Fig. 7 rank / data sweeps), "default" (default
-    # clip), "speed" (one no-flag `animatediff generate` end to end, in a subprocess)
-    experiments: tuple[str, ...] = ("table1", "adapter", "camera", "sweeps", "default", "speed")
+    # clip), "speed" (one no-flag `animatediff generate` end to end, in a subprocess), "sparsectrl" (image-to-
+    # video with the family's SparseCtrl encoder; "not available" for a family without one)
+    experiments: tuple[str, ...] = ("table1", "adapter", "camera", "sweeps", "default", "sparsectrl", "speed")
 
     def generation(self, prompt: str, seed: int, num_frames: int | None = None) -> GenerationConfig:
         return GenerationConfig(prompt=prompt, num_frames=num_frames or self.num_frames, width=self.width,
@@ -345,6 +355,7 @@ def planned_generations(settings: Settings, files: ModelFiles) -> dict[str, int]
     trainings = len(sweep_points(settings)) if "sweeps" in settings.experiments else 0
     clips += m * trainings
     clips += len(DEFAULT_SPECS) * len(settings.default_seeds) if "default" in settings.experiments else 0
+    clips += len(SPARSECTRL_CONDITIONS) * settings.sparsectrl_clips if "sparsectrl" in settings.experiments and files.sparsectrl else 0
     return {"clip": clips, "image": images, "training": trainings}
 
 
@@ -383,6 +394,11 @@ def run(files: ModelFiles, settings: Settings | None = None,
         if "default" in settings.experiments:  # first, on the untouched family: what `animatediff generate` makes
             _default_clips(runner, animator, results, files, settings)
             progress("default clips")
+        if "sparsectrl" in settings.experiments and files.sparsectrl is None:
+            results.skipped[SPARSECTRL] = "not available: no sparsectrl_rgb.safetensors in the family"
+        elif "sparsectrl" in settings.experiments:  # as `generate --image` makes them: no adapter, no LoRA
+            _sparsectrl_clips(runner, animator, results, files, settings)
+            progress("SparseCtrl image-to-video")
         # AnimateDiff on the base model (Table 1) and the adapter sweep (Fig. 6).
         animator.set_loras(adapter=table_adapter)
         for prompt, seed in grid:
@@ -524,6 +540,47 @@ def _default_clips(runner: _Runner, animator: Animator, results: Results, files:
             runner.generate(animator, "default", prompt, prompt, seed, config=default_config(files, settings, prompt, seed))
     for clip in results.select("default") + results.select("default-truth"):
         clip.metrics["object"] = scores.object_presence(clip.frames, clip.prompt)
+
+
+# The SparseCtrl section (issue 12): conditions, as the report prints them.
+SPARSECTRL = "SparseCtrl image-to-video"
+SPARSECTRL_RGB = "SparseCtrl RGB encoder"
+SPARSECTRL_BLEND = "init-latent blend (no encoder)"
+SPARSECTRL_T2V = "text-to-video (no image)"
+SPARSECTRL_CONDITIONS = (SPARSECTRL_RGB, SPARSECTRL_BLEND, SPARSECTRL_T2V)
+PSNR_CAP = 100.0  # dB: what identical images are recorded as
+
+
+def sparsectrl_specs(settings: Settings) -> list[world.SceneSpec]:
+    """Scenes of the SparseCtrl section: one moving object each (its frame 0 is the given image)."""
+    return [world.random_spec(np.random.default_rng([settings.prompt_seed, 2000 + i]), "video", num_objects=1)
+            for i in range(settings.sparsectrl_clips)]
+
+
+def _sparsectrl_clips(runner: _Runner, animator: Animator, results: Results, files: ModelFiles,
+                      settings: Settings) -> None:
+    """Each scene's ground-truth clip (world.make_video, watermarked like the training videos) and its frame 0
+    animated three ways with the prompt = its caption (SPARSECTRL_CONDITIONS), the family's generation defaults;
+    every clip gets ``frame0`` = PSNR / SSIM of its frame 0 against the given image, and ``object``."""
+    size = (settings.num_frames, settings.height, settings.width)
+    animator.clear_loras()
+    with tempfile.TemporaryDirectory(prefix="animatediff-sparsectrl-") as tmp:
+        for i, spec in enumerate(sparsectrl_specs(settings)):
+            prompt, truth = world.caption(spec), world.make_video(spec, *size)
+            image = Path(tmp) / f"frame0-{i}.png"
+            cv2.imwrite(str(image), cv2.cvtColor(truth[0], cv2.COLOR_RGB2BGR))
+            clips = [Clip("sparsectrl-truth", TRAINING_DATA, prompt, 0, clip_metrics(truth, prompt, settings.fps),
+                          frames=truth)]
+            base = default_config(files, settings, prompt, settings.sparsectrl_seed)
+            for condition, extra in ((SPARSECTRL_RGB, {"image": str(image), "sparsectrl": str(files.sparsectrl)}),
+                                     (SPARSECTRL_BLEND, {"image": str(image)}), (SPARSECTRL_T2V, {})):
+                config = dataclasses.replace(base, **extra)
+                clips.append(runner.generate(animator, "sparsectrl", condition, prompt, settings.sparsectrl_seed, config=config))
+            results.clips.append(clips[0])
+            for clip in clips:
+                psnr = min(metrics.psnr(clip.frames[0], truth[0]), PSNR_CAP)  # the truth's own frame 0: inf (not JSON)
+                clip.metrics["frame0"] = {"psnr": psnr, "ssim": metrics.ssim(clip.frames[0], truth[0])}
+                clip.metrics["object"] = scores.object_presence(clip.frames, clip.prompt)
 
 
 def _scale_name(scale: float) -> str:
@@ -685,6 +742,24 @@ def default_table(results: Results) -> list[dict]:
             "dynamic_share": _mean(float(c.metrics["dynamic_degree"]["dynamic"]) for c in clips),
             "seconds": _mean(c.seconds for c in clips),
         })
+    return rows
+
+
+def sparsectrl_table(results: Results) -> list[dict]:
+    """SparseCtrl section: per condition (ground truth first) the frame-0 PSNR (dB; identical images are recorded
+    as PSNR_CAP) and SSIM against the given image, warping error, dynamic share and degree, object presence."""
+    rows = []
+    for experiment, condition in (("sparsectrl-truth", TRAINING_DATA), *(("sparsectrl", c) for c in SPARSECTRL_CONDITIONS)):
+        clips = results.select(experiment, condition)
+        if clips:
+            rows.append({"condition": condition, "clips": len(clips),
+                         "psnr": _mean(c.metrics["frame0"]["psnr"] for c in clips),
+                         "ssim": _mean(c.metrics["frame0"]["ssim"] for c in clips),
+                         "warping_error": _mean(c.metrics["warping_error"] for c in clips),
+                         "dynamic_share": _mean(float(c.metrics["dynamic_degree"]["dynamic"]) for c in clips),
+                         "dynamic_degree": _mean(c.metrics["dynamic_degree"]["degree"] for c in clips),
+                         "object_present": _mean(c.metrics["object"]["share"] for c in clips),
+                         "seconds": _mean(c.seconds for c in clips) if experiment == "sparsectrl" else float("nan")})
     return rows
 
 
