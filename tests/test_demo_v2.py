@@ -89,7 +89,7 @@ def test_build_v2_stages_smoke(tmp_path):
     work = tmp_path / "v2"
     assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
     record = json.loads((work / "stages.json").read_text())
-    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "personal-v2", "personal-lora-v2",
+    assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "base-v2-anneal", "personal-v2", "personal-lora-v2",
                            "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2", "sparsectrl-v2"} | \
         {f"motion-lora-v2-{m}" for m in CAMERA_MOVES}
     assert (work / "text-encoder" / "text_encoder" / "config.json").is_file()
@@ -104,14 +104,19 @@ def test_build_v2_stages_smoke(tmp_path):
 
     # base-v2: `animatediff train image --config demo/base-v2` from the init folder, 100 steps of batch 2 in a smoke run
     assert record["base-v2"]["recipe"] == "demo/base-v2" and record["base-v2"]["steps"] == 100
+    assert record["base-v2-anneal"]["recipe"] == "demo/base-v2-anneal" and record["base-v2-anneal"]["steps"] == 60
+    assert not (work / "base-constant").exists()  # the phase-1 folder is the build's own intermediate
     trained = load_base_model(str(work / "base"))
     assert trained.unet.config.sample_size == 16
     assert not torch.equal(trained.unet.conv_in.weight, base.unet.conv_in.weight)  # the trained UNet, not init's
 
-    # the rest of the family: clip stages on 4-frame clips, 2 steps; MotionLoRAs on clips of static objects
+    # the rest of the family: clip stages on 4-frame clips, 2 steps; MotionLoRAs on world clips of static objects
+    # filmed with the move, the move left out of the caption
     assert record["motion-module-v2"]["steps"] == 2 and record["motion-lora-v2-ZoomIn"]["steps"] == 2
-    with open(work / "data" / "static-clips-PanLeft.csv") as f:
-        assert all("moving" not in row["caption"] and "circling" not in row["caption"] for row in csv.DictReader(f))
+    with open(work / "data" / "camera-clips-PanLeft.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(w not in r["caption"] for r in rows for w in ("moving", "circling", "camera"))
+    assert record["data-v2"]["camera_share"] == build.V2_CAMERA_SHARE
     bundle = work / "bundle"  # package-v2: the bundled layout, which the generator loads as the bundled family
     meta = json.loads((bundle / "demo.json").read_text())
     assert meta["generation_defaults"]["width"] == 128 and (bundle / "text-encoder" / "image_tower.safetensors").is_file()

@@ -150,6 +150,21 @@ def test_write_dataset(tmp_path):
     assert (tmp_path / "g" / "video_1_000000.gif").exists()
 
 
+def test_write_dataset_camera_share_keeps_the_scenes(tmp_path):
+    """camera_share films that share of the videos with a random move (its phrase in the caption); every scene
+    is the one camera_share=0 draws, so the other videos are unchanged."""
+    plain = list(csv.DictReader(open(world.write_dataset(tmp_path / "a", 12, "video", seed=5, num_frames=2))))
+    mixed = list(csv.DictReader(open(world.write_dataset(tmp_path / "b", 12, "video", seed=5, num_frames=2, camera_share=0.5))))
+    moved = [m["name"] for m in mixed if ", camera " in m["name"]]
+    assert 2 <= len(moved) <= 10
+    for p, m in zip(plain, mixed):
+        assert m["name"].split(", camera ")[0] == p["name"]  # same scene, the move's phrase appended
+        same = (tmp_path / "a" / f"{p['videoid']}.mp4").read_bytes() == (tmp_path / "b" / f"{m['videoid']}.mp4").read_bytes()
+        assert same == (", camera " not in m["name"])
+    images = list(csv.DictReader(open(world.write_dataset(tmp_path / "i", 4, "image", seed=5, camera_share=1.0))))
+    assert not any("camera" in r["name"] for r in images)  # images have no camera
+
+
 def test_camera_move_without_opencv_is_a_user_error(monkeypatch):
     """OpenCV comes with the [demo] extra; MotionLoRA training without it gets one line naming the field."""
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now fails as if it were not installed

@@ -24,12 +24,13 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
     vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
     data-v2         the data stage at 128 px (into <work>/data)
     init-v2         trained text encoder + v2 VAE + a random UNet at 16x16 latents, as a diffusers folder
-    base-v2         animatediff train image --config demo/base-v2 (128 px images) from <work>/init -> <work>/base
+    base-v2         animatediff train image --config demo/base-v2 (128 px images) from <work>/init, then
+                    --config demo/base-v2-anneal (learning rate annealed to zero) -> <work>/base
     personal-v2     animatediff train image --config demo/personal-v2 (style set) -> <work>/personal
     personal-lora-v2, domain-adapter-v2, motion-module-v2
                     as v1's stages, with the demo/<stage> recipes at 128 px (16x16 latents)
     motion-module-conv-v2  the paper's §5.3 ablation: the same stage with the temporal-convolution preset
-    motion-loras-v2 x8 on clips of static objects (<work>/data/static-videos), so the camera is their only motion
+    motion-loras-v2 x8, each on world clips of static objects filmed with its move (<work>/data/camera-<move>)
     sparsectrl-v2   animatediff train sparsectrl --config demo/sparsectrl-v2: a SparseCtrl RGB encoder (issue 12)
                     on the frozen v2 base + motion module + domain adapter, on <work>/data/videos.csv
     package-v2      the v2 family in the bundled layout (fp16) in <work>/bundle, with the CLIP towers and the
@@ -94,6 +95,12 @@ PREDICTION_TYPE = "v_prediction"
 # Why 2.5: the v2 base (5000 steps) drew the prompt's attributes best at low guidance: on 12 one-object prompts,
 # 10 DDIM steps, attribute accuracy 69 / 67 / 67 / 53 / 50 / 33 % at guidance 1.5 / 2 / 3 / 4 / 7.5 / 12.
 V2_GUIDANCE = 2.5
+# Why a share of the v2 videos has a camera move: web videos (WebVid) mix fixed and moving cameras, so the official
+# motion module has learned camera motion before a MotionLoRA picks one move. Trained on fixed cameras only, the v2
+# motion module had no such motion to pick: its MotionLoRAs lowered the loss on their move's clips but samples
+# stayed static (6 % camera-move accuracy; docs/demo-model.md, "MotionLoRAs, second attempt").
+V2_CAMERA_SHARE = 0.3
+V2_CLIPS_PER_MOVE = 128  # MotionLoRA clips per move (v1: 32, which the LoRAs' colour shift suggested they overfit)
 GENERATION_DEFAULTS = dict(width=64, height=64, num_frames=16, steps=10, guidance_scale=7.5,
                            scheduler="ddim", scheduler_preset="animatediff")
 
@@ -133,9 +140,10 @@ class Builder:
 
     def stage_data_v2(self) -> None:
         counts = (8, 2, len(CAMERA_MOVES), 1) if self._smoke() else (NUM_IMAGES, NUM_STYLE, NUM_VIDEOS, CLIPS_PER_MOVE)
-        self._write_data("data-v2", V2_SIZE, *counts)
+        self._write_data("data-v2", V2_SIZE, *counts, camera_share=V2_CAMERA_SHARE)
 
-    def _write_data(self, stage: str, size: int, num_images: int, num_style: int, num_videos: int, per_move: int) -> None:
+    def _write_data(self, stage: str, size: int, num_images: int, num_style: int, num_videos: int, per_move: int,
+                    camera_share: float = 0.0) -> None:
         from .world import write_dataset
 
         if self.done(stage, self.data / "clips.csv"):
@@ -143,7 +151,7 @@ class Builder:
         started = time.perf_counter()
         write_dataset(self.data / "images", num_images, "image", seed=1, height=size, width=size)
         write_dataset(self.data / "style", num_style, "style", seed=2, height=size, width=size)
-        write_dataset(self.data / "videos", num_videos, "video", seed=3, height=size, width=size)
+        write_dataset(self.data / "videos", num_videos, "video", seed=3, height=size, width=size, camera_share=camera_share)
         for name in ("images", "style"):  # PNGs: a path,caption CSV (the WebVid CSV names .mp4 files)
             _rewrite_csv(self.data / name / "captions.csv", self.data / f"{name}.csv", ".png")
         _rewrite_csv(self.data / "videos" / "captions.csv", self.data / "videos.csv", ".mp4")
@@ -152,7 +160,7 @@ class Builder:
         for i, move in enumerate(CAMERA_MOVES):  # a different few dozen ordinary clips per move (paper §4.3)
             _write_csv(self.data / f"clips-{move}.csv", rows[i * per_move:(i + 1) * per_move])
         _write_csv(self.data / "clips.csv", rows[:per_move])
-        self.save_record(stage, {"size": size, "images": num_images, "videos": num_videos, "style_images": num_style,
+        self.save_record(stage, {"size": size, "images": num_images, "videos": num_videos, "camera_share": camera_share, "style_images": num_style,
                                  "clips_per_move": per_move, "seconds": round(time.perf_counter() - started, 1)})
 
     # ---- VAE ---------------------------------------------------------------------------------------
@@ -367,11 +375,20 @@ class Builder:
         run, unet, target = self.runs / "base-v2", self.work / "base-unet", self.work / "base"
         if not (unet / "config.json").exists() or "base-v2" in self.force:
             smoke = {"batch_size": 2} if self._smoke() else {}  # a smoke run: seconds, not minutes
+            # phase 1: constant learning rate from the random UNet; phase 2 (demo/base-v2-anneal): the same images
+            # with the learning rate annealed to zero, from phase 1's UNet
             self.train("base-v2", "image", "base-v2", run, unet / "config.json", base_model=self.work / "init",
                        caption_file=self.data / "images.csv", resume=True, **smoke)
+            phase1, anneal = self.work / "base-constant", self.runs / "base-v2-anneal"
             # the latest checkpoint's UNet: a resume that had no step left to run exports no unet-final
-            trained = UNet2DConditionModel.from_pretrained(find_checkpoint(run) / "unet")
+            _swap_unet(self.work / "init", find_checkpoint(run) / "unet", phase1)
+            if "base-v2" in self.force:  # --force base-v2 (e.g. more steps in a recipe) continues both phases
+                self.force.add("base-v2-anneal")
+            self.train("base-v2-anneal", "image", "base-v2-anneal", anneal, anneal / "unet-final" / "config.json", base_model=phase1,
+                       caption_file=self.data / "images.csv", resume=True, **smoke)
+            trained = UNet2DConditionModel.from_pretrained(find_checkpoint(anneal) / "unet")
             trained.to(torch.float16).save_pretrained(unet)
+            shutil.rmtree(phase1)  # the build's own intermediate folder
             self.force.discard("base-v2")
         if not (target / "model_index.json").exists() or (unet / "config.json").stat().st_mtime > (target / "model_index.json").stat().st_mtime:
             _swap_unet(self.work / "init", unet, target)
@@ -423,33 +440,40 @@ class Builder:
                        **self._smoke_clips())
 
     def stage_motion_loras_v2(self) -> None:
-        """Eight camera MotionLoRAs on clips of STATIC objects (``world.write_dataset(moving=False)``), so the
-        camera move the augmentation adds is the only motion in them (docs/demo-model.md, MotionLoRA diagnosis)."""
-        from .world import write_dataset
-
+        """Eight camera MotionLoRAs, each from clips of STATIC objects that the world films with its move
+        (``world.write_dataset(camera=MOVE, moving=False)``: the camera is the clips' only motion, rendered at the
+        world's supersampled size, so frames are as sharp as the motion module's; fixed pixels, so the latents are
+        cached). Captions leave the move out: the LoRA, not the prompt, carries it (docs/demo-model.md)."""
         module = self.runs / "motion-module-v2" / "motion-module-final.safetensors"
         adapter = self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors"
         self.wait_for(module, "the v2 motion module")
-        static = self.data / "static-videos"
-        per_move = 1 if self._smoke() else CLIPS_PER_MOVE
-        if not (self.data / "static-clips.csv").exists():
-            write_dataset(static, per_move * len(CAMERA_MOVES), "video", seed=4, height=V2_SIZE, width=V2_SIZE, moving=False)
-            _rewrite_csv(static / "captions.csv", self.data / "static-clips.csv", ".mp4")
-        with open(self.data / "static-clips.csv") as f:
-            rows = list(csv.DictReader(f))
         elsewhere = []
         for i, move in enumerate(CAMERA_MOVES):
-            clips = self.data / f"static-clips-{move}.csv"
-            _write_csv(clips, rows[i * per_move:(i + 1) * per_move])
+            clips = self._camera_clips(move, seed=10 + i)
             stage, run = f"motion-lora-v2-{move}", self.runs / f"motion-lora-v2-{move}"
             if "motion-loras-v2" in self.force:  # --force motion-loras-v2: every move (resumed: more steps continue it)
                 self.force.add(stage)
             if not self.train(stage, "motion-lora", "motion-lora-v2", run, run / "motion-lora-final.safetensors",
-                              resume=True, base_model=self.work / "base", caption_file=clips, camera_move=move,
+                              resume=True, base_model=self.work / "base", caption_file=clips,
                               motion_module=module, domain_adapter=adapter, **self._smoke_clips()):
                 elsewhere.append(run / "motion-lora-final.safetensors")
         for marker in elsewhere:
             self.wait_for(marker, str(marker))
+
+    def _camera_clips(self, move: str, seed: int) -> Path:
+        """``data/camera-clips-<move>.csv``: V2_CLIPS_PER_MOVE world clips of static objects filmed with ``move``."""
+        from .world import CAMERA_PHRASES, write_dataset
+
+        clips = self.data / f"camera-clips-{move}.csv"
+        if not clips.exists():
+            folder = self.data / f"camera-{move}"
+            per_move = 1 if self._smoke() else V2_CLIPS_PER_MOVE
+            write_dataset(folder, per_move, "video", seed=seed, height=V2_SIZE, width=V2_SIZE, camera=move, moving=False)
+            _rewrite_csv(folder / "captions.csv", clips, ".mp4")
+            with open(clips) as f:
+                rows = [{**r, "caption": r["caption"].replace(", " + CAMERA_PHRASES[move], "")} for r in csv.DictReader(f)]
+            _write_csv(clips, rows)
+        return clips
 
     def _v2_input(self, stage: str, run_file: Path, bundled: str) -> Path:
         """A trained v2 file another stage made: its run's export; while that stage runs in another build process,

@@ -654,16 +654,19 @@ def _sweeps(runner: _Runner, animator: Animator, results: Results, files: ModelF
     points = sweep_points(settings)
     with tempfile.TemporaryDirectory(prefix="animatediff-sweeps-") as work:
         work = Path(work)
-        # Ordinary clips (object motion only); the training loop turns them into the move (training.augment.camera_move).
+        # Clips of static objects filmed with the move by the world (as demo.build's MotionLoRA stage makes them), the
+        # move's phrase left out of the captions: the LoRA, not the prompt, has to carry it.
         world.write_dataset(work / "videos", max(n for _, n in points), "video", seed=settings.sweep_data_seed,
-                                num_frames=16, height=settings.height, width=settings.width)
-        rows = (work / "videos" / "captions.csv").read_text().splitlines()
+                            num_frames=16, height=settings.height, width=settings.width, camera=settings.sweep_move,
+                            moving=False)
+        phrase = ", " + world.CAMERA_PHRASES[settings.sweep_move]
+        rows = (work / "videos" / "captions.csv").read_text().replace(phrase, "").splitlines()
         for rank, videos in points:
             csv_path = work / f"captions-{videos}.csv"
             csv_path.write_text("\n".join(rows[:1 + videos]) + "\n")  # header + the first N videos
             overrides = {"base_model": str(files.base), "motion_module": str(files.motion_module),
                          "video_folder": str(work / "videos"), "caption_file": str(csv_path),
-                         "camera_move": settings.sweep_move, "lora_rank": rank, "num_workers": 0,
+                         "lora_rank": rank, "num_workers": 0,
                          "output_dir": str(work / f"rank{rank}-n{videos}"), "validation_steps": 0}
             if files.domain_adapter is not None:  # as the bundled MotionLoRAs were trained (adapter merged)
                 overrides["domain_adapter"] = str(files.domain_adapter)

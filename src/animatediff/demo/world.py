@@ -343,17 +343,24 @@ def add_watermark(frames: np.ndarray, alpha: float = WATERMARK_ALPHA) -> np.ndar
 def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "style"] = "video",
                   seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64, fps: int = 8,
                   video_format: Literal["mp4", "gif"] = "mp4", camera: str | None = None,
-                  camera_strength: float = 0.25, moving: bool = True) -> Path:
+                  camera_strength: float = 0.25, moving: bool = True, camera_share: float = 0.0) -> Path:
     """Write ``n`` samples and ``captions.csv`` (``videoid,name,page_dir``, the WebVid layout the official
     loader reads: ``{folder}/{videoid}.mp4``).  Videos are MP4 (H.264, near-lossless) or GIF; images and
     style images are PNG.  Sample i is drawn from ``default_rng([seed, i])``, so any subset is reproducible.
-    ``moving=False``: videos of static objects. Returns the CSV path."""
+    ``moving=False``: videos of static objects. ``camera_share``: this fraction of the videos (``camera=None``
+    only) gets one of the eight camera moves at random and its phrase in the caption, as web videos mix fixed and
+    moving cameras; drawn from a separate stream, so the scenes are the same as with ``camera_share=0``.
+    Returns the CSV path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        spec = random_spec(rng, kind, camera=camera, camera_strength=camera_strength, moving=moving)
+        move = camera
+        if camera is None and kind == "video" and camera_share > 0:
+            pick = np.random.default_rng([seed, i, 1])  # its own stream: scene i is unchanged by camera_share
+            move = str(pick.choice(CAMERA_MOVES)) if pick.random() < camera_share else None
+        spec = random_spec(rng, kind, camera=move, camera_strength=camera_strength, moving=moving)
         videoid = f"{kind}_{seed}_{i:06d}"
         if kind == "video":
             frames = make_video(spec, num_frames, height, width)
