@@ -161,6 +161,10 @@ def test_write_dataset_camera_share_keeps_the_scenes(tmp_path):
         assert m["name"].split(", camera ")[0] == p["name"]  # same scene, the move's phrase appended
         same = (tmp_path / "a" / f"{p['videoid']}.mp4").read_bytes() == (tmp_path / "b" / f"{m['videoid']}.mp4").read_bytes()
         assert same == (", camera " not in m["name"])
+    quiet = list(csv.DictReader(open(world.write_dataset(tmp_path / "c", 12, "video", seed=5, num_frames=2, camera_share=0.5,
+                                                          camera_in_caption=False))))
+    assert [q["name"] for q in quiet] == [p["name"] for p in plain]  # filmed with the move, captioned without it
+    assert (tmp_path / "c" / f"{quiet[0]['videoid']}.mp4").read_bytes() == (tmp_path / "b" / f"{mixed[0]['videoid']}.mp4").read_bytes()
     images = list(csv.DictReader(open(world.write_dataset(tmp_path / "i", 4, "image", seed=5, camera_share=1.0))))
     assert not any("camera" in r["name"] for r in images)  # images have no camera
 

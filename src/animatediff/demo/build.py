@@ -462,17 +462,15 @@ class Builder:
 
     def _camera_clips(self, move: str, seed: int) -> Path:
         """``data/camera-clips-<move>.csv``: V2_CLIPS_PER_MOVE world clips of static objects filmed with ``move``."""
-        from .world import CAMERA_PHRASES, write_dataset
+        from .world import write_dataset
 
         clips = self.data / f"camera-clips-{move}.csv"
         if not clips.exists():
             folder = self.data / f"camera-{move}"
             per_move = 1 if self._smoke() else V2_CLIPS_PER_MOVE
-            write_dataset(folder, per_move, "video", seed=seed, height=V2_SIZE, width=V2_SIZE, camera=move, moving=False)
+            write_dataset(folder, per_move, "video", seed=seed, height=V2_SIZE, width=V2_SIZE, camera=move, moving=False,
+                          camera_in_caption=False)
             _rewrite_csv(folder / "captions.csv", clips, ".mp4")
-            with open(clips) as f:
-                rows = [{**r, "caption": r["caption"].replace(", " + CAMERA_PHRASES[move], "")} for r in csv.DictReader(f)]
-            _write_csv(clips, rows)
         return clips
 
     def _v2_input(self, stage: str, run_file: Path, bundled: str) -> Path:

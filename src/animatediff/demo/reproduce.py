@@ -658,9 +658,8 @@ def _sweeps(runner: _Runner, animator: Animator, results: Results, files: ModelF
         # move's phrase left out of the captions: the LoRA, not the prompt, has to carry it.
         world.write_dataset(work / "videos", max(n for _, n in points), "video", seed=settings.sweep_data_seed,
                             num_frames=16, height=settings.height, width=settings.width, camera=settings.sweep_move,
-                            moving=False)
-        phrase = ", " + world.CAMERA_PHRASES[settings.sweep_move]
-        rows = (work / "videos" / "captions.csv").read_text().replace(phrase, "").splitlines()
+                            moving=False, camera_in_caption=False)
+        rows = (work / "videos" / "captions.csv").read_text().splitlines()
         for rank, videos in points:
             csv_path = work / f"captions-{videos}.csv"
             csv_path.write_text("\n".join(rows[:1 + videos]) + "\n")  # header + the first N videos

@@ -21,6 +21,7 @@ Rendering is numpy + OpenCV, supersampled 2x then area-downsampled so sub-pixel 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -343,14 +344,16 @@ def add_watermark(frames: np.ndarray, alpha: float = WATERMARK_ALPHA) -> np.ndar
 def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "style"] = "video",
                   seed: int = 0, num_frames: int = 16, height: int = 64, width: int = 64, fps: int = 8,
                   video_format: Literal["mp4", "gif"] = "mp4", camera: str | None = None,
-                  camera_strength: float = 0.25, moving: bool = True, camera_share: float = 0.0) -> Path:
+                  camera_strength: float = 0.25, moving: bool = True, camera_share: float = 0.0,
+                  camera_in_caption: bool = True) -> Path:
     """Write ``n`` samples and ``captions.csv`` (``videoid,name,page_dir``, the WebVid layout the official
     loader reads: ``{folder}/{videoid}.mp4``).  Videos are MP4 (H.264, near-lossless) or GIF; images and
     style images are PNG.  Sample i is drawn from ``default_rng([seed, i])``, so any subset is reproducible.
     ``moving=False``: videos of static objects. ``camera_share``: this fraction of the videos (``camera=None``
     only) gets one of the eight camera moves at random and its phrase in the caption, as web videos mix fixed and
     moving cameras; drawn from a separate stream, so the scenes are the same as with ``camera_share=0``.
-    Returns the CSV path."""
+    ``camera_in_caption=False`` leaves the move's phrase out of the captions (MotionLoRA clips: the LoRA, not the
+    prompt, has to carry the move). Returns the CSV path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -366,7 +369,7 @@ def write_dataset(folder: str | Path, n: int, kind: Literal["video", "image", "s
             frames = make_video(spec, num_frames, height, width)
             # near-lossless MP4 (crf 12); no settings sidecar next to each of the many small files
             save_video(frames, folder / f"{videoid}.{video_format}", fps, crf=12)
-            text = caption(spec)
+            text = caption(spec if camera_in_caption else dataclasses.replace(spec, camera=None))
         else:
             cv2.imwrite(str(folder / f"{videoid}.png"), make_image(spec, height, width)[..., ::-1])
             text = caption(spec, motion=False)
