@@ -17,7 +17,8 @@ and their steps alternate, so background load hits both alike. Usage::
     python benchmarks/bench_unet_step.py --latent 16 32 ... --render-log run.err   # tables from a stopped run's log
 
 ``--e2e-steps N``: each side's default (ours ``--dtype auto``, diffusers fp32) at 512x512 x 16 frames, N of the
-25 steps run and extrapolated, plus the VAE decode. ``--parity`` additionally runs ours with diffusers'
+25 steps run (extrapolated to 25 when fewer; ``--e2e-steps-diffusers`` sets diffusers' N apart), plus the VAE
+decode. ``--large-steps N``: N timed steps and no warm-up at latents >= 64, where one call takes minutes. ``--parity`` additionally runs ours with diffusers'
 across-frames motion GroupNorm at 8x8 and checks that the final latents equal diffusers'. The tables go to
 ``results.md`` and between the markers of the README's Performance section.
 """
@@ -415,22 +416,25 @@ def summary(results: list[dict], auto: str) -> list[str]:
     return lines
 
 
-def e2e_table(results: list[dict], steps: int) -> str:
-    rows = ["| impl | dtype | latent | steps run | s / step (mean) | decode 16 frames (s) | wall, 25 steps + decode (s, extrapolated) | peak RSS (GiB) |",
+def e2e_table(results: list[dict]) -> str:
+    rows = ["| impl | dtype | latent | steps run | s / step (mean) | decode 16 frames (s) | wall, 25 steps + decode (s) | peak RSS (GiB) |",
             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        wall = 25 * r["step_mean_s"] + r["decode_s"]
-        rows.append(f"| {r['impl']} | {r['dtype']} | {r['latent']}x{r['latent']} | {steps} | {r['step_mean_s']:.1f} | {r['decode_s']:.1f} | "
-                    f"{wall:.0f} | {r['peak_rss_gib']:.2f} |")
+        ran = len(r["step_times_s"])
+        wall = 25 * r["step_mean_s"] + r["decode_s"]  # measured when all 25 steps ran, else extrapolated
+        rows.append(f"| {r['impl']} | {r['dtype']} | {r['latent']}x{r['latent']} | {ran} | {r['step_mean_s']:.1f} | {r['decode_s']:.1f} | "
+                    f"{wall:.0f}{' (measured)' if ran == 25 else ' (extrapolated)'} | {r['peak_rss_gib']:.2f} |")
     return "\n".join(rows)
 
 
-def run_e2e(latent: int, steps: int, num_frames: int, auto: str) -> list[dict]:
-    """Each side's default, one after the other in its own process: ``steps`` denoising steps + decode."""
+def run_e2e(latent: int, steps: dict, num_frames: int, auto: str) -> list[dict]:
+    """Each side's default, one after the other in its own process: ``steps[impl]`` denoising steps + decode."""
     results = []
     for impl, dtype in (("ours", auto), ("diffusers", "float32")):
+        if not steps[impl]:
+            continue
         remote = Remote(impl, latent, num_frames, dtype)
-        for i in range(steps):
+        for i in range(steps[impl]):
             log(f"    e2e step {i} {impl} {dtype}: {remote.ask('step timed')['seconds']:.1f} s (load {os.getloadavg()[0]:.1f})")
         log(f"    e2e decode {impl}: {remote.ask('decode')['seconds']:.1f} s")
         results.append(remote.finish())
@@ -482,6 +486,9 @@ def main() -> None:
     parser.add_argument("--e2e-steps", type=int, default=0,
                         help="also run each side's default at --e2e-latent for this many steps + the VAE decode (0: skip; "
                              "25 is the full clip, minutes per step at 64x64 on 2 cores)")
+    parser.add_argument("--e2e-steps-diffusers", type=int, help="steps of diffusers' end-to-end run (default: --e2e-steps)")
+    parser.add_argument("--large-steps", type=int,
+                        help="at latents >= 64: this many timed steps and no warm-up (a call takes minutes there; default: --steps/--warmup)")
     parser.add_argument("--e2e-latent", type=int, default=64, help="latent side of the end-to-end run (64: 512x512 pixels)")
     parser.add_argument("--results", type=Path, default=HERE / "results.md")
     parser.add_argument("--readme", type=Path, default=HERE.parent / "README.md", help="README whose marked table is regenerated")
@@ -513,8 +520,9 @@ def main() -> None:
         command += f" (stopped after {len(results) // 2} of {len(args.latent) * len(args.dtypes)} pairs; tables from its log)"
         load_start = (results[0]["load_min"],) * 3 if results else load_start
     for latent in args.latent if not args.render_log else ():
+        steps, warmup = (args.large_steps, 0) if args.large_steps and latent >= 64 else (args.steps, args.warmup)
         for dtype in args.dtypes:
-            results += run_interleaved(args.impl, latent, args.steps, args.warmup, args.num_frames, dtype=dtype)
+            results += run_interleaved(args.impl, latent, steps, warmup, args.num_frames, dtype=dtype)
     reference = results[0]
     for r in results[1:] if not args.render_log else ():
         for part, value in reference["checksums"].items():  # float64 sums in the same order: equal up to rounding
@@ -530,7 +538,8 @@ def main() -> None:
         checks.append(f"- parity at 8x8 after one DDIM step, ours switched to diffusers' across-frames motion GroupNorm: "
                       f"max |ours - diffusers| = {diff:.2e} (mean |latents| {a['latents_abs_mean']:.3f})")
     args.results.with_suffix(".json").write_text(json.dumps(results, indent=1))  # raw numbers first: nothing lost if later parts fail
-    e2e = run_e2e(args.e2e_latent, args.e2e_steps, args.num_frames, auto) if args.e2e_steps else []
+    e2e_steps = {"ours": args.e2e_steps, "diffusers": args.e2e_steps if args.e2e_steps_diffusers is None else args.e2e_steps_diffusers}
+    e2e = run_e2e(args.e2e_latent, e2e_steps, args.num_frames, auto) if any(e2e_steps.values()) else []
 
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     header = (
@@ -538,16 +547,17 @@ def main() -> None:
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, CPU: {cpu} ({', '.join(sorted(cpu_features())) or 'no bf16 features'}), "
         f"{os.cpu_count()} cores; `--dtype auto` here = {auto}. Load average (1/5/15 min) at the start "
         f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, at the end "
-        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}: the cores were shared with other jobs, so compare the "
-        f"alternating pairs, not absolute times. Per (latent, dtype) both implementations are alive in their own "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
+        f"{': the cores were shared with other jobs, so compare the alternating pairs, not absolute times' if max(load_start[0], os.getloadavg()[0]) > 2.5 else ' (2 cores: the benchmark alone is about 2)'}. Per (latent, dtype) both implementations are alive in their own "
         f"processes and their steps alternate (A B, B A, ...); {args.warmup} untimed warm-up step, best of {args.steps} "
-        f"timed. One step = one UNet call on the CFG batch + a DDIM step in fp32. Peak RSS = `ru_maxrss` of each process "
+        f"timed{f' ({args.large_steps} timed, no warm-up, at 64x64 and above)' if args.large_steps else ''}. One step = one UNet call on the CFG batch + a DDIM step in fp32. Peak RSS = `ru_maxrss` of each process "
         f"(weights are made in fp32 and cast, so a bf16 build peak includes the fp32 copy).\n"
     )
     text = header + "\n" + table(results) + "\n\n" + "\n".join(summary(results, auto) + checks) + "\n"
     if e2e:
         text += (f"\nEnd to end, each side's default ({args.e2e_latent * 8}x{args.e2e_latent * 8} pixels, {args.num_frames} frames, "
-                 f"{args.e2e_steps} of 25 steps run and extrapolated, then the VAE decode):\n\n" + e2e_table(e2e, args.e2e_steps) + "\n")
+                 f"25 DDIM steps with CFG, then the VAE decode; a side that ran fewer steps is extrapolated from its mean step; "
+                 f"each in its own process, one after the other):\n\n" + e2e_table(e2e) + "\n")
     print(text)
     args.results.write_text("# UNet step benchmark\n\n" + text)
     args.results.with_suffix(".json").write_text(json.dumps(results + e2e, indent=1))  # raw numbers, per-step times included

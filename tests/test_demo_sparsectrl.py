@@ -127,6 +127,23 @@ def test_image_uses_the_bundled_encoder_and_explicit_flags_win(family, tmp_path,
     assert (tmp_path / "api.gif").read_bytes() == used.read_bytes()
 
 
+def test_jobs_and_the_web_ui_pick_up_the_bundled_encoder(family, tmp_path, monkeypatch):
+    """--jobs with --image takes the family's encoder as one prompt does; the UI lists it under its bundled name."""
+    from animatediff.cli import main
+    from animatediff.ui.models import Catalog
+
+    monkeypatch.setenv("ANIMATEDIFF_DEMO_DIR", str(family))
+    image = str(family / "first.png")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a red circle moving right\n")
+    assert main(["-q", "generate", "--jobs", str(jobs), "--out", str(tmp_path / "batch"), "--seed", "1", "--image", image]) == 0
+    (clip,) = (tmp_path / "batch").glob("*.gif")
+    meta = json.loads(sidecar_path(clip).read_text())
+    assert meta["sparsectrl"] == str(family / build.SPARSECTRL_FILE) and meta["keyframes"] == [{"image": image, "index": 0}]
+    listed = Catalog().entries["sparsectrl"]
+    assert listed["sparsectrl-rgb (bundled)"].path == str(family / build.SPARSECTRL_FILE)
+
+
 def test_inspect_and_the_bundled_name(family, tmp_path, monkeypatch, capsys):
     from animatediff.cli import main
 

@@ -15,7 +15,7 @@ from animatediff.generation.pipeline import AnimationPipeline
     ("cuda:1", frozenset({"amx"}), torch.float16),
     ("cpu", frozenset({"amx", "avx512_bf16"}), torch.bfloat16),
     ("cpu", frozenset({"amx"}), torch.bfloat16),
-    ("cpu", frozenset({"avx512_bf16"}), torch.float32),  # measured slower than fp32 without AMX (module docstring)
+    ("cpu", frozenset({"avx512_bf16"}), torch.bfloat16),  # native bf16 dot products: 2x fp32 here (module docstring)
     ("cpu", frozenset(), torch.float32),
     ("mps", frozenset({"amx"}), torch.float32),
 ])
@@ -29,10 +29,23 @@ def test_auto_reads_the_cpu_features_from_torch(monkeypatch):
     assert precision.cpu_features() == {"amx", "avx512_bf16"}
     assert _dtype("auto", "cpu") == torch.bfloat16
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert _dtype("auto", "cpu") == torch.float32 and _dtype("auto", "cuda") == torch.float16
+    assert _dtype("auto", "cpu") == torch.bfloat16 and _dtype("auto", "cuda") == torch.float16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert _dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch without the probe: no AMX
     assert precision.cpu_features() == {"avx512_bf16"}
     assert _dtype("bfloat16", "cpu") == torch.bfloat16 and _dtype("float32", "cuda") == torch.float32
+
+
+def test_api_takes_dtype_names_and_refuses_others():
+    from animatediff.api import Animator
+    from animatediff.errors import UserInputError
+
+    assert precision.resolve_dtype("auto", "cpu") == precision.auto_dtype("cpu")
+    with pytest.raises(UserInputError, match="must be one of auto, float32, float16, bfloat16") as e:
+        Animator.load("no-such-model", dtype="float64")  # refused before the model is looked for
+    assert e.value.field == "dtype"
 
 
 def test_sidecar_records_device_and_dtypes(base, motion):

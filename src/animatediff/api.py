@@ -72,7 +72,7 @@ class Animator:
         *,
         motion_preset: str | None = None,
         max_frames: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "auto",
         device: str | torch.device = "cpu",
         model_config: str | None = None,
         compile: bool = False,
@@ -80,6 +80,8 @@ class Animator:
         """Load a base model (diffusers folder, cached repo id or single file) and a motion module file.
         ``model_config``: a folder of component configs for a single file that is not stock SD1.5/SDXL.
         ``model=None`` or a bundled name (``base``, ``personal``) loads the bundled demo family (demo/bundled.py).
+        ``dtype``: a torch dtype or its name; ``"auto"`` (the default, as the CLI's ``--dtype auto``) picks by the
+        device (generation/precision.py: float16 on CUDA, bfloat16 on CPUs with native bf16, else float32).
         ``compile``: torch.compile the UNet with its motion modules (generation/compiled.py; checked before loading)."""
         from .bundled import resolve
         from .generation import compiled
@@ -87,6 +89,10 @@ class Animator:
         if compile:
             compiled.check(device)
 
+        if isinstance(dtype, str):
+            from .generation.precision import resolve_dtype
+
+            dtype = resolve_dtype(dtype, device)
         found = resolve(model, motion_module)
         model, motion_module = found.model, found.motion_module
         base = load_base_model(model, dtype=dtype, device=device, config_dir=model_config)

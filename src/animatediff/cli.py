@@ -882,7 +882,7 @@ def _same_everywhere(value, state):
 def _jobs_from_file(args: argparse.Namespace, overrides: dict) -> list:
     """--jobs FILE: one GenerateJob per prompt, with the model files and settings of the flags."""
     from .batch import read_jobs_file
-    from .bundled import resolve
+    from .bundled import image_to_video_settings, resolve
     from .recipes import GenerateJob
 
     items = read_jobs_file(args.jobs)
@@ -892,7 +892,7 @@ def _jobs_from_file(args: argparse.Namespace, overrides: dict) -> list:
                     parse_weighted(args.adapter, "--adapter") if args.adapter else None)
     jobs = []
     for item in items:
-        settings = {**found.defaults, **overrides}
+        settings = {**found.defaults, **image_to_video_settings(overrides, found.sparsectrl)}  # --image: as one prompt does
         if "seed" in item:  # the item's seed wins over --seed (-1 there: random)
             settings["seed"] = item["seed"]
         jobs.append(GenerateJob(model=found.model, motion_module=found.motion_module, prompt=item["prompt"],

@@ -1,11 +1,12 @@
 """``--dtype auto``: the weight dtype for a device, from what the hardware does fast (measured, README "Precision").
 
 - CUDA: float16 (tensor cores; the AnimateDiff release and diffusers' default for GPUs).
-- CPU with AMX (Sapphire Rapids and later): bfloat16, whose matmuls run on the AMX tiles at several times the
-  fp32 rate.
-- CPU with AVX512_BF16 but no AMX: float32. Such a CPU has native bf16 dot products, but on the 2-core Xeon
-  this project is developed on oneDNN's bf16 GEMMs and convolutions measured 0.6-0.8x the fp32 rate and a full
-  UNet step was slower in bf16 (benchmarks/results.md), so bf16 there would cost fidelity and buy nothing.
+- CPU with native bf16 (AMX on Sapphire Rapids and later, or AVX512_BF16 on Cooper Lake / Zen 4 and later):
+  bfloat16. On the 2-core AVX512_BF16 Xeon (no AMX) this project is developed on, a quiet machine runs bf16
+  GEMMs at 400-410 GFLOP/s vs 160-190 in fp32, and a full-size UNet + motion module call (16 frames, CFG,
+  16x16 latents) takes 6.7 s in bf16 vs 13.7 s in fp32 (benchmarks/results.md). Fidelity after a 25-step DDIM
+  sample is in the README ("Speed and memory"). An earlier measurement under heavy load from other jobs had
+  bf16 slower; it did not reproduce on the quiet machine.
 - anything else: float32.
 
 The rule is a table (``BF16_CPU_FEATURES``) over capability flags read from torch, so a test can mock them.
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-# CPU features that make bf16 the faster precision (see the module docstring for why avx512_bf16 is not here).
-BF16_CPU_FEATURES = frozenset({"amx"})
+# CPU features that make bf16 the faster precision (measured: module docstring).
+BF16_CPU_FEATURES = frozenset({"amx", "avx512_bf16"})
 
 
 def cpu_features() -> frozenset[str]:
@@ -35,6 +36,15 @@ def auto_dtype(device: str | torch.device, features: frozenset[str] | None = Non
     return torch.float32
 
 
+DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+
+
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """``auto`` / ``float32`` / ``float16`` / ``bfloat16`` -> a torch dtype for ``device``."""
+    """``auto`` / ``float32`` / ``float16`` / ``bfloat16`` -> a torch dtype for ``device``.
+
+    Raises UserInputError (field ``dtype``) for any other name."""
+    if name not in DTYPE_NAMES:
+        from ..errors import UserInputError
+
+        raise UserInputError(f"must be one of {', '.join(DTYPE_NAMES)}", field="dtype", value=name)
     return auto_dtype(device) if name == "auto" else getattr(torch, name)

@@ -161,7 +161,7 @@ class Catalog:
         files += [("demo (bundled)", root / "motion_module.safetensors"), ("personal-lora (bundled)", root / "personal-lora.safetensors"),
                   ("domain-adapter (bundled)", root / "domain_adapter.safetensors")]
         files += [(f"{move} (bundled)", root / "motion_loras" / f"{move}.safetensors") for move in CAMERA_MOVES]
-        files += [("sparsectrl (bundled)", root / "sparsectrl.safetensors")]  # when the bundle has one (training export name)
+        files += [(f"{name} (bundled)", root / "sparsectrl_rgb.safetensors") for name in bundled.SPARSECTRLS]  # family v2
         return [e for label, path in files if path.exists() and (e := _describe(path, label, True))]
 
     def _scanned(self) -> list[Entry]:
