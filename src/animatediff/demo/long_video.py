@@ -205,8 +205,8 @@ def run(s: Settings, variants=VARIANTS) -> list[Clip]:
     """Generate and measure every variant for every prompt x seed (prompt-major, so an interrupted run has
     every variant for the first prompts)."""
     files = reproduce.model_files()
-    animator = Animator.load(str(files.base), str(files.motion_module))
-    extended = Animator.load(str(files.base), str(files.motion_module), max_frames=s.num_frames)
+    animator = Animator.load(str(files.base), str(files.motion_module), dtype=reproduce.REPORT_DTYPE)
+    extended = Animator.load(str(files.base), str(files.motion_module), max_frames=s.num_frames, dtype=reproduce.REPORT_DTYPE)
     animator.generate(GenerationConfig(prompt="warm-up", num_frames=2, width=s.width, height=s.height, steps=2, seed=0))
     clips, start = [], time.perf_counter()
     grid = [(p, seed) for p in prompts(s) for seed in s.seeds]

@@ -2,9 +2,10 @@
 
 - CUDA: float16 (tensor cores; the AnimateDiff release and diffusers' default for GPUs).
 - CPU with native bf16 (AMX on Sapphire Rapids and later, or AVX512_BF16 on Cooper Lake / Zen 4 and later):
-  bfloat16. On the 2-core AVX512_BF16 Xeon (no AMX) this project is developed on, a quiet machine runs bf16
-  GEMMs at 400-410 GFLOP/s vs 160-190 in fp32, and a full-size UNet + motion module call (16 frames, CFG,
-  16x16 latents) takes 6.7 s in bf16 vs 13.7 s in fp32 (benchmarks/results.md). Fidelity after a 25-step DDIM
+  bfloat16. On a quiet 2-core AMD EPYC with AVX512_BF16 (no AMX), bf16 GEMMs run at 400-410 GFLOP/s vs 160-190
+  in fp32, and a full-size UNet + motion module call (16 frames, CFG, 16x16 latents) takes 6.7 s in bf16 vs
+  13.7 s in fp32 (benchmarks/results.md); on a 2-core Xeon with AMX, 1890 vs 290 GFLOP/s and 3.2 vs 10.5 s
+  (benchmarks/results_amx.json). Fidelity after a 25-step DDIM
   sample is in the README ("Speed and memory"). An earlier measurement under heavy load from other jobs had
   bf16 slower; it did not reproduce on the quiet machine.
 - anything else: float32.
