@@ -12,10 +12,10 @@ install:
 demo: install  # the bundled demo model (src/animatediff/data/demo): no model flags needed
 	$(PY) -m animatediff generate "a red circle bouncing on a blue striped background" --seed 42 --out $(DEMO)/demo.gif
 
-demo-model: install  # retrain the bundled demo family (about 90 min on 2 CPU cores)
+demo-model: install  # retrain the bundled demo family v2 from nothing (stages measured at 3-3.5 h on 2 CPU cores; resumable)
 	$(PY) -m animatediff.demo.build
 
-reproduce: install  # regenerate docs/reproduction.md on the bundled family (about 9 min on 2 CPU cores)
+reproduce: install  # regenerate docs/reproduction.md on the bundled family (about an hour on 2 CPU cores)
 	$(PY) -m animatediff.demo.report
 
 long-video-report: install  # regenerate docs/long-video.md: 64-frame clips per long-video option (about 10 min on 2 CPU cores)
@@ -39,4 +39,4 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 bench: install
-	$(PY) benchmarks/bench_unet_step.py
+	$(PY) benchmarks/bench_unet_step.py --latent 16 32 64 --steps 2 --warmup 1 --large-steps 1 --e2e-steps 25 --e2e-steps-diffusers 2

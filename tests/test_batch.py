@@ -1,6 +1,6 @@
 """Batch generation (batch.py): jobs files, output names, resume, and two CPU processes under ``accelerate launch``.
 
-The runs use the bundled demo model (64x64, 4 frames, 2 steps: well under a second per clip)."""
+The runs use the bundled demo model (128x128, 4 frames, 2 steps: about a second per clip)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_single_process_batch_resumes_and_refuses_other_settings(tmp_path, capsy
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main([*argv, "--guidance", "3"]) == 2  # other settings: refused, nothing written
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --out ") and "guidance_scale 7.5 there, 3.0 now" in err and len(err.splitlines()) == 1
+    assert err.startswith("error: --out ") and "guidance_scale 2.5 there, 3.0 now" in err and len(err.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main([*argv, "--guidance", "3", "--overwrite"]) == 0
     assert json.loads((out / "0-a-red-circle-seed3.gif.json").read_text())["guidance_scale"] == 3.0

@@ -84,10 +84,10 @@ def test_stage_inputs_fall_back_to_the_packaged_copies(tmp_path):
     run_file = work / "runs" / "motion-module-v2" / "motion-module-final.safetensors"
     with pytest.raises(SystemExit, match="run its stage first"):
         builder._v2_input("motion-module-v2", run_file, "motion_module.safetensors")
-    (work / "bundle").mkdir(parents=True)
-    (work / "bundle" / "motion_module.safetensors").write_bytes(b"x")
-    assert builder._v2_input("motion-module-v2", run_file, "motion_module.safetensors") == work / "bundle" / "motion_module.safetensors"
-    assert builder._trained_or_packaged(run_file, "motion_module.safetensors") == work / "bundle" / "motion_module.safetensors"
+    (tmp_path / "out").mkdir(parents=True)  # the bundle --out names (by default the shipped family)
+    (tmp_path / "out" / "motion_module.safetensors").write_bytes(b"x")
+    assert builder._v2_input("motion-module-v2", run_file, "motion_module.safetensors") == tmp_path / "out" / "motion_module.safetensors"
+    assert builder._trained_or_packaged(run_file, "motion_module.safetensors") == tmp_path / "out" / "motion_module.safetensors"
     run_file.parent.mkdir(parents=True)
     run_file.write_bytes(b"y")  # the run's own export wins
     assert builder._v2_input("motion-module-v2", run_file, "motion_module.safetensors") == run_file

@@ -87,7 +87,7 @@ def test_motion_lora_training_clips_read_as_their_move(move):
 
 def test_build_v2_stages_smoke(tmp_path):
     work = tmp_path / "v2"
-    assert build.main(["--family", "v2", "--work", str(work), "--out", str(tmp_path / "unused"), "--steps-scale", "0.02"]) == 0
+    assert build.main(["--work", str(work), "--steps-scale", "0.02"]) == 0  # v2 is the default family
     record = json.loads((work / "stages.json").read_text())
     assert set(record) == {"text-encoder", "vae-v2", "data-v2", "init-v2", "base-v2", "base-v2-anneal", "personal-v2", "personal-lora-v2",
                            "domain-adapter-v2", "motion-module-v2", "motion-module-conv-v2", "sparsectrl-v2"} | \
@@ -117,7 +117,7 @@ def test_build_v2_stages_smoke(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows and all(w not in r["caption"] for r in rows for w in ("moving", "circling", "camera"))
     assert record["data-v2"]["camera_share"] == build.V2_CAMERA_SHARE
-    bundle = work / "bundle"  # package-v2: the bundled layout, which the generator loads as the bundled family
+    bundle = work / "bundle"  # package-v2 of a smoke run without --out: <work>/bundle, never the shipped family
     meta = json.loads((bundle / "demo.json").read_text())
     assert meta["generation_defaults"]["width"] == 128 and (bundle / "text-encoder" / "image_tower.safetensors").is_file()
     assert (bundle / "ablation" / "motion_module_conv.safetensors").is_file()

@@ -146,7 +146,7 @@ def test_smoke_run_on_the_bundled_family():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the report runs (demo/report.py: much faster on a shared machine)
     try:
-        results = reproduce.run(files, reproduce.SMOKE_SETTINGS)
+        results = reproduce.run(files, reproduce.smoke_settings(files))
     finally:
         torch.set_num_threads(threads)
     values = reproduce.smoke_values(results)

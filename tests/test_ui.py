@@ -465,9 +465,10 @@ def test_models_dir_lists_sparsectrl_ip_adapters_and_image_encoders(control_dir)
     from animatediff.ui.models import Catalog
 
     catalog = Catalog(control_dir[0])
-    assert set(catalog.entries["sparsectrl"]) == {SC, SC_XL, SC_SCRIBBLE}
+    bundled_sc = "sparsectrl-rgb (bundled)"  # the bundled family's own encoder is always offered
+    assert set(catalog.entries["sparsectrl"]) == {SC, SC_XL, SC_SCRIBBLE, bundled_sc}
     assert list(catalog.entries["ip_adapter"]) == [IP] and list(catalog.entries["ip_adapter_image_encoder"]) == [ENCODER]
-    assert catalog.labels("sparsectrl", "base (bundled)") == [SC]  # the others do not fit the bundled base
+    assert sorted(catalog.labels("sparsectrl", "base (bundled)")) == [SC, bundled_sc]  # the others do not fit it
     base = catalog.entries["model"]["base (bundled)"]
     with pytest.raises(UserInputError, match="^sparsectrl .*: is for SDXL; base \\(bundled\\) is SD1.5$"):
         catalog.resolve("sparsectrl", SC_XL, base)

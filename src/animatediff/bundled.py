@@ -9,7 +9,7 @@ Layout of the bundle (written by ``python -m animatediff.demo.build``)::
     domain_adapter.safetensors     official v3 adapter layout (processor LoRA on spatial attention)
     motion_module.safetensors      official v3 key layout
     motion_loras/<Move>.safetensors  the eight camera MotionLoRAs (official processor layout)
-    sparsectrl_rgb.safetensors     optional (family v2): a SparseCtrl RGB encoder, official keys, recorded in
+    sparsectrl_rgb.safetensors     optional (v2 has it): a SparseCtrl RGB encoder, official keys, recorded in
                                    demo.json's "sparsectrl"; ``generate --image`` with the bundled family uses it
 
 A name is only looked up in the bundle when no file or folder of that name exists, so explicit paths always
@@ -61,7 +61,7 @@ def _metadata(path: Path) -> dict:
 
 
 def generation_defaults() -> dict:
-    """GenerationConfig fields the bundled family is made for (its native 64x64, 16 frames, few DDIM steps)."""
+    """GenerationConfig fields the bundled family is made for (family v2: its native 128x128, 16 frames, few DDIM steps)."""
     return dict(metadata()["generation_defaults"])
 
 
@@ -161,7 +161,7 @@ class Resolved:
 
 def resolve(model: str | None, motion_module: str | None, loras=(), motion_loras=(), adapter=None) -> Resolved:
     """Resolve the generate options. No ``model`` (or a bundled model name) means the bundled family: its
-    motion module unless one is given, and its 64x64 / 16-frame defaults. Paths pass through unchanged."""
+    motion module unless one is given, and its demo.json defaults (128x128, 16 frames). Paths pass through unchanged."""
     bundled_model = is_bundled_model(model)
     if model is None and not is_available():
         raise UserInputError("required (the bundled demo model is not installed; run `make demo-model`)", field="model")

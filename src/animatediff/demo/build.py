@@ -1,6 +1,9 @@
 """Retrain the bundled demo family end to end:  ``python -m animatediff.demo.build [--out DIR] [--work DIR]``.
 
-Stages, in order (each skipped when its output already exists in ``--work``, unless named in ``--force``):
+The bundled family is v2 (the default ``--family``, stages below); ``--family v1`` rebuilds the first family, which
+the package shipped until the seventh session (8x8 latents, a random frozen text encoder; docs/demo-model.md).
+
+Family v1 stages, in order (each skipped when its output already exists in ``--work``, unless named in ``--force``):
 
     data            world.write_dataset: watermark-free images, watermarked videos, the personal style set
     vae             demo/vae.py: a small AutoencoderKL (MSE + L1 + small KL), scaling factor = 1 / latent std
@@ -18,7 +21,7 @@ Stages, in order (each skipped when its output already exists in ``--work``, unl
 Every stage but the VAE runs the project's own ``animatediff train`` command in a subprocess, with a
 committed recipe from ``animatediff/data/recipes/demo``. ``--steps-scale 0.02`` makes a smoke run.
 
-Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until every v2 stage is trained):
+Family v2 (issue 11; the default; ``--work demo-v2`` continues from the intermediates committed there):
 
     text-encoder    demo/clip.py: CLIPTextModel + conv image tower, contrastive on rendered world scenes
     vae-v2          demo/vae_v2.py: the AutoencoderKL at 128 px -> 16x16 latents
@@ -33,7 +36,7 @@ Family v2 (issue 11; ``--family v2 --work demo-v2``; the bundle stays v1 until e
     motion-loras-v2 x8, each on world clips of static objects filmed with its move (<work>/data/camera-<move>)
     sparsectrl-v2   animatediff train sparsectrl --config demo/sparsectrl-v2: a SparseCtrl RGB encoder (issue 12)
                     on the frozen v2 base + motion module + domain adapter, on <work>/data/videos.csv
-    package-v2      the v2 family in the bundled layout (fp16) in <work>/bundle, with the CLIP towers and the
+    package-v2      the v2 family in the bundled layout (fp16) in --out, with the CLIP towers and the
                     SparseCtrl encoder (sparsectrl_rgb.safetensors: what `generate --image` uses)
 
 Every v2 training stage resumes from its run folder <work>/runs/<stage> (the trainer's --resume) when that
@@ -476,8 +479,8 @@ class Builder:
     def _v2_input(self, stage: str, run_file: Path, bundled: str) -> Path:
         """A trained v2 file another stage made: its run's export; while that stage runs in another build process,
         wait for it; when its run folder is gone (a clone: ``runs/`` is not committed), the packaged fp16 copy
-        ``work/bundle/<bundled>``, the weights generation uses."""
-        copy = self.work / "bundle" / bundled
+        ``<out>/<bundled>``, the weights generation uses."""
+        copy = self.out / bundled
         if run_file.is_file() or (self.runs / f"{stage}.lock").exists() or not copy.is_file():
             self.wait_for(run_file, f"the v2 {stage} export")
             return run_file
@@ -497,11 +500,11 @@ class Builder:
                        domain_adapter=adapter, **self._smoke_clips())
 
     def stage_package_v2(self) -> None:
-        """The v2 family in the bundled layout (fp16) in ``work/bundle``, plus the CLIP towers the report scores with
+        """The v2 family in the bundled layout (fp16) in ``--out``, plus the CLIP towers the report scores with
         and the SparseCtrl encoder. A file whose run folder is gone (a clone: ``runs/`` is not committed) is taken
         from the bundle already there (fp16 -> fp16: unchanged), so adding one newly trained file re-packages."""
         runs, trained = self.runs, self._trained_or_packaged
-        self.package(self.work / "bundle", {
+        self.package(self.out, {
             "base": self.work / "base", "personal": trained(self.work / "personal", "personal"),
             "domain_adapter": trained(runs / "domain-adapter-v2" / "domain-adapter-final.safetensors", "domain_adapter.safetensors"),
             "motion_module": trained(runs / "motion-module-v2" / "motion-module-final.safetensors", "motion_module.safetensors"),
@@ -514,8 +517,8 @@ class Builder:
             extra=self._v2_extras, motion_lora_recipe="demo/motion-lora-v2")
 
     def _trained_or_packaged(self, path: Path, packaged: str) -> Path:
-        """``path`` (a run's export or a stage folder), else ``work/bundle/<packaged>`` when only that exists."""
-        copy = self.work / "bundle" / packaged
+        """``path`` (a run's export or a stage folder), else ``<out>/<packaged>`` when only that exists."""
+        copy = self.out / packaged
         return copy if not path.exists() and copy.exists() else path
 
     def _v2_extras(self, tmp: Path) -> None:
@@ -736,10 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..components import package_data
 
     parser = argparse.ArgumentParser(prog="python -m animatediff.demo.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=package_data("demo"), help="bundle folder (default: the package's data/demo)")
+    parser.add_argument("--out", type=Path, help="bundle folder (default: the package's data/demo, which it replaces; "
+                                                 "with --steps-scale below 1: <work>/bundle)")
     parser.add_argument("--work", type=Path, default=Path("outputs/demo-build"), help="data, training runs, logs")
-    parser.add_argument("--family", choices=("v1", "v2"), default="v1",
-                        help="v1: the bundled family (default); v2: the stages of issue 11 built so far (--work demo-v2)")
+    parser.add_argument("--family", choices=("v1", "v2"), default="v2",
+                        help="v2: the bundled family (default; --work demo-v2 continues from the committed "
+                             "intermediates); v1: the first family, shipped until the seventh session")
     parser.add_argument("--only", nargs="+", choices=STAGES + V2_STAGES, help="run only these stages")
     parser.add_argument("--force", nargs="+", default=[], choices=STAGES + V2_STAGES + tuple(f"motion-lora{v}-{m}" for v in ("", "-v2") for m in CAMERA_MOVES),
                         help="redo these stages even when their outputs exist")
@@ -755,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)  # this process (VAE stage) imported torch already
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.out is None:  # a smoke run (scaled-down steps) never replaces the shipped family by default
+        args.out = args.work / "bundle" if args.steps_scale < 1 else package_data("demo")
     Builder(args.out, args.work, args.steps_scale, set(args.force)).run(args.only, V2_STAGES if args.family == "v2" else STAGES)
     return 0
 

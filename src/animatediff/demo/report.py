@@ -396,7 +396,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
     out += [""] + [f"- {p} *(camera)*" for p in dict.fromkeys(c.prompt for c in results.select("camera"))] + [""]
     out += ["## Smoke test", "",
             "`tests/test_reproduce.py` runs the same code on 2 prompts at tiny settings "
-            f"({reproduce.SMOKE_SETTINGS.num_frames} frames, {reproduce.SMOKE_SETTINGS.steps} steps) and asserts:", ""]
+            f"({reproduce.SMOKE_SETTINGS.num_frames} frames, {reproduce.SMOKE_SETTINGS.steps} steps, the family's own size and guidance) and asserts:", ""]
     out += [f"- {name}: within [{lo:g}, {hi:g}]" for name, (lo, hi) in reproduce.SMOKE_RANGES.items()] + [""]
     return "\n".join(out)
 
