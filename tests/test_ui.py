@@ -218,7 +218,11 @@ def test_choosing_a_preset_sets_steps_guidance_and_scheduler_together():
     assert preset_values("lightning", "v3", False) == (4, 1.0, SCHEDULER_DEFAULT)
     assert preset_values("animatelcm", None, False) == (6, 1.5, SCHEDULER_DEFAULT)
     assert preset_values("(motion module's)", "lightning", False) == (4, 1.0, SCHEDULER_DEFAULT)
-    assert preset_values("(motion module's)", "v3", True) == (10, 7.5, SCHEDULER_DEFAULT)
+    from animatediff import bundled
+
+    own = bundled.generation_defaults()  # the bundled family's own steps and guidance (v2: 10, 2.5)
+    assert preset_values("(motion module's)", "v3", True) == (own["steps"], own["guidance_scale"], SCHEDULER_DEFAULT)
+    assert preset_values("(motion module's)", "v3", False)[:2] == (25, 7.5)  # a model of the user's: the preset's
 
 
 def test_models_dir_is_listed_by_kind_and_a_module_for_another_base_is_refused(tmp_path, caplog):

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from ..errors import UserInputError  # noqa: E402
-from .form import CONTEXT_AUTO, LONG, MAIN, NONE, PRESET_DEFAULT, SCHEDULER_DEFAULT, UNITS, Widget, preset_values, widgets, windows_text  # noqa: E402
+from .form import BUNDLED_DEFAULTS, CONTEXT_AUTO, LONG, MAIN, NONE, PRESET_DEFAULT, SCHEDULER_DEFAULT, UNITS, Widget, preset_values, widgets, windows_text  # noqa: E402
 from .jobs import CANCELLED, DONE, QueueFull  # noqa: E402
 from .studio import Studio, describe  # noqa: E402
 
@@ -203,7 +203,8 @@ def build(studio: Studio) -> gr.Blocks:
 
         def model_changed(model_label):
             entry = catalog.entries["model"].get(model_label)
-            side = 64 if entry is not None and entry.bundled else 1024 if entry is not None and entry.base == "sdxl" else 512
+            side = (BUNDLED_DEFAULTS.get("width", 512) if entry is not None and entry.bundled
+                    else 1024 if entry is not None and entry.base == "sdxl" else 512)
             updates = []
             for w in widgets():
                 if w.kind.startswith("picker:") and w.name != "model":

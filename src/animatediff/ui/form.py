@@ -126,6 +126,16 @@ def _main_from_sidecar(sc: dict) -> dict:
     return out
 
 
+def _bundled_generation_defaults() -> dict:
+    """The bundled family's generation defaults (its demo.json: size, steps, guidance), or {} without a bundle.
+    The page opens on the bundled model, so its widgets start at what that family is made for."""
+    from .. import bundled
+
+    return bundled.generation_defaults() if bundled.is_available() else {}
+
+
+BUNDLED_DEFAULTS = _bundled_generation_defaults()
+
 MAIN = Unit("Text to video", (
     Widget("prompt", "Prompt", "textarea", "a red circle bouncing on a blue striped background"),
     Widget("negative_prompt", "Negative prompt", "text", ""),
@@ -133,12 +143,12 @@ MAIN = Unit("Text to video", (
     Widget("motion_module", "Motion module", "picker:motion_module", row="models"),
     Widget("num_frames", "Frames", "int", 16, minimum=1, row="size"),
     Widget("fps", "FPS", "number", 8, minimum=1, row="size"),
-    Widget("width", "Width", "int", 64, step=8, row="size"),
-    Widget("height", "Height", "int", 64, step=8, row="size"),
+    Widget("width", "Width", "int", BUNDLED_DEFAULTS.get("width", 512), step=8, row="size"),
+    Widget("height", "Height", "int", BUNDLED_DEFAULTS.get("height", 512), step=8, row="size"),
     Widget("scheduler_preset", "Preset", "dropdown", PRESET_DEFAULT, (PRESET_DEFAULT, *SCHEDULER_PRESETS),
            info="Lightning / AnimateLCM set steps, CFG and scheduler together", row="sampling"),
-    Widget("steps", "Steps", "int", 10, minimum=1, row="sampling"),
-    Widget("guidance_scale", "Guidance (CFG)", "number", 7.5, minimum=0, row="sampling"),
+    Widget("steps", "Steps", "int", BUNDLED_DEFAULTS.get("steps", 25), minimum=1, row="sampling"),
+    Widget("guidance_scale", "Guidance (CFG)", "number", BUNDLED_DEFAULTS.get("guidance_scale", 7.5), minimum=0, row="sampling"),
     Widget("scheduler", "Scheduler", "dropdown", SCHEDULER_DEFAULT, (SCHEDULER_DEFAULT, *SCHEDULERS), row="sampling"),
     Widget("seed", "Seed", "int", -1, info="-1: random (the seed used is recorded)", row="out"),
     Widget("format", "Output format", "dropdown", "gif", tuple(FORMATS), row="out"),
@@ -521,5 +531,6 @@ def preset_values(preset: str, motion_version: str | None, bundled: bool) -> tup
     if preset == PRESET_DEFAULT:
         preset = MOTION_PRESETS.get(motion_version, "animatediff")
     defaults = sampling_defaults(preset)
-    steps = 10 if preset == "animatediff" and bundled else defaults.steps  # the bundled family: few DDIM steps
-    return steps, defaults.guidance_scale, SCHEDULER_DEFAULT
+    if preset == "animatediff" and bundled and BUNDLED_DEFAULTS:  # the bundled family: its own few steps and guidance
+        return BUNDLED_DEFAULTS["steps"], BUNDLED_DEFAULTS["guidance_scale"], SCHEDULER_DEFAULT
+    return defaults.steps, defaults.guidance_scale, SCHEDULER_DEFAULT
