@@ -80,6 +80,15 @@ def test_every_variant_is_a_valid_generation_config():
         assert long_video.final_windows(variant, s)  # every variant has the windows its seams come from
 
 
+def test_the_report_samples_at_the_bundled_familys_own_size():
+    from animatediff import bundled
+
+    d = bundled.generation_defaults()
+    s = long_video.for_family(long_video.Settings())
+    assert (s.width, s.height, s.guidance_scale, s.steps) == (d["width"], d["height"], d["guidance_scale"], d["steps"])
+    assert long_video.for_family(long_video.Settings(**long_video.QUICK), quick=True).steps == long_video.QUICK["steps"]
+
+
 def test_final_windows_are_the_last_steps():
     s = long_video.Settings(steps=5)
     by = {v.name: v for v in long_video.VARIANTS}
