@@ -1,7 +1,7 @@
 """Retrain the bundled demo family end to end:  ``python -m animatediff.demo.build [--out DIR] [--work DIR]``.
 
 The bundled family is v2 (the default ``--family``, stages below); ``--family v1`` rebuilds the first family, which
-the package shipped until the seventh session (8x8 latents, a random frozen text encoder; docs/demo-model.md).
+the package shipped through the seventh session (8x8 latents, a random frozen text encoder; docs/demo-model.md).
 
 Family v1 stages, in order (each skipped when its output already exists in ``--work``, unless named in ``--force``):
 
@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("outputs/demo-build"), help="data, training runs, logs")
     parser.add_argument("--family", choices=("v1", "v2"), default="v2",
                         help="v2: the bundled family (default; --work demo-v2 continues from the committed "
-                             "intermediates); v1: the first family, shipped until the seventh session")
+                             "intermediates); v1: the first family, shipped through the seventh session")
     parser.add_argument("--only", nargs="+", choices=STAGES + V2_STAGES, help="run only these stages")
     parser.add_argument("--force", nargs="+", default=[], choices=STAGES + V2_STAGES + tuple(f"motion-lora{v}-{m}" for v in ("", "-v2") for m in CAMERA_MOVES),
                         help="redo these stages even when their outputs exist")
