@@ -475,7 +475,7 @@ def _reading(s: Settings, rows: list[dict], diffs: list[dict]) -> list[str]:
                      f"{names(above)}; the rest within noise" +
                      (" (more motion is not better in itself)." if key == "dynamic_degree" else "."))
     own = f" (here {_f(by[BASELINE]['inside'][0])} per pair inside windows)" if BASELINE in by else ""
-    lines += ["", "What this cannot show: the demo model is small, its clips are 64×64 and flicker from frame to frame "
+    lines += ["", f"What this cannot show: the demo model is small, its clips are {s.width}×{s.height} and flicker from frame to frame "
               f"on their own{own}, so a seam has to add a jump larger than that flicker to stand out; FreeNoise's claim is long-range "
               "consistency of the content (the same subject at frame 0 and 63), which consecutive-pair warping "
               "error does not measure; FreeInit's claim concerns the low-frequency gap between training videos and "
