@@ -156,3 +156,21 @@ def test_build_base_v2_resumes_its_run(tmp_path):
     assert not run.exists()  # not retrained: the folder is built from base-unet
     committed = (work / "base-unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (work / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == committed
+
+
+def test_motion_loras_v2_train_on_the_packaged_module_in_a_clone(tmp_path, monkeypatch):
+    """A clone has no runs/motion-module-v2: the MotionLoRA stage trains on the bundle's motion module and domain
+    adapter (as sparsectrl-v2 does) instead of waiting for a run that will never come."""
+    work, out = tmp_path / "v2", tmp_path / "bundle"
+    (work / "base").mkdir(parents=True)
+    (work / "base" / "model_index.json").write_text("{}")
+    out.mkdir()
+    for name in ("motion_module.safetensors", "domain_adapter.safetensors"):
+        (out / name).write_bytes(b"x")
+    calls = []
+    monkeypatch.setattr(build.Builder, "_camera_clips", lambda self, move, seed: work / "data" / f"camera-clips-{move}.csv")
+    monkeypatch.setattr(build.Builder, "train", lambda self, stage, *args, **options: calls.append((stage, options)) or True)
+    build.Builder(out, work, 1.0, set()).stage_motion_loras_v2()
+    assert [stage for stage, _ in calls] == [f"motion-lora-v2-{m}" for m in CAMERA_MOVES]
+    assert all(o["motion_module"] == out / "motion_module.safetensors" and
+               o["domain_adapter"] == out / "domain_adapter.safetensors" for _, o in calls)

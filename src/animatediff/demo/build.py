@@ -447,9 +447,11 @@ class Builder:
         (``world.write_dataset(camera=MOVE, moving=False)``: the camera is the clips' only motion, rendered at the
         world's supersampled size, so frames are as sharp as the motion module's; fixed pixels, so the latents are
         cached). Captions leave the move out: the LoRA, not the prompt, carries it (docs/demo-model.md)."""
-        module = self.runs / "motion-module-v2" / "motion-module-final.safetensors"
-        adapter = self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors"
-        self.wait_for(module, "the v2 motion module")
+        module = self._v2_input("motion-module-v2", self.runs / "motion-module-v2" / "motion-module-final.safetensors",
+                                "motion_module.safetensors")
+        adapter = self._v2_input("domain-adapter-v2", self.runs / "domain-adapter-v2" / "domain-adapter-final.safetensors",
+                                 "domain_adapter.safetensors")
+        self.wait_for(self.work / "base" / "model_index.json", "the v2 base model")
         elsewhere = []
         for i, move in enumerate(CAMERA_MOVES):
             clips = self._camera_clips(move, seed=10 + i)
@@ -622,7 +624,9 @@ def stage_table(meta: dict) -> str:
         if "steps" not in info:
             continue
         first, final = info.get("first_loss", info.get("first_mse")), info.get("final_loss", info.get("final_mse"))
-        command = info.get("command", "animatediff.demo.vae (MSE + L1 + KL)")
+        # the two stages that are not `animatediff train`: the contrastive text encoder and the VAE
+        command = info.get("command") or {"text-encoder": "animatediff.demo.clip (InfoNCE)"}.get(
+            stage, "animatediff.demo.vae (MSE + L1 + KL)")
         lines.append(f"| {stage} | `{command.split(' --output_dir')[0]}` | {info['steps']} | {info['seconds']} | {first} | {final} |")
     lines += ["", f"Final loss: mean over the last 10 % of steps (VAE: MSE over the last 20). Total size: "
               f"{meta['total_bytes'] / 2**20:.1f} MiB. Generation defaults: {meta['generation_defaults']}.", ""]
