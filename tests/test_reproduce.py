@@ -45,15 +45,17 @@ def test_model_files_need_base_and_motion_module(tmp_path):
     files = reproduce.model_files(tmp_path)
     assert files.personal is None and files.personal_lora is None and files.domain_adapter is None
     assert list(files.motion_loras) == ["ZoomIn"]
-    # AnimateDiff + frame-by-frame (2 prompts); no-LoRA control + ZoomIn (1 camera prompt); 5 sweep LoRAs x 1 clip;
-    # the default clip's 4 prompts x 4 seeds
+    # AnimateDiff + frame-by-frame (2 prompts); no-LoRA control + ZoomIn at alpha 1 and 2 (1 camera prompt); 5 sweep
+    # LoRAs x 1 clip; the default clip's 4 prompts x 4 seeds
     assert reproduce.sweep_points(TINY) == [(2, 50), (8, 50), (32, 50), (8, 5), (8, 500)]
-    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 2 + 5 + 16, "image": 0, "training": 5}
+    assert reproduce.planned_generations(TINY, files) == {"clip": 2 + 2 + 3 + 5 + 16, "image": 0, "training": 5}
+    no_extra = dataclasses.replace(TINY, extra_motion_lora_alphas=())
+    assert reproduce.planned_generations(no_extra, files)["clip"] == 2 + 2 + 2 + 5 + 16
     (tmp_path / "ablation").mkdir()  # the §5.3 temporal-conv module: one more Table 1 row of 2 clips
     (tmp_path / "ablation" / "motion_module_conv.safetensors").write_bytes(b"")
     files = reproduce.model_files(tmp_path)
     assert files.ablation_module == tmp_path / "ablation" / "motion_module_conv.safetensors"
-    assert reproduce.planned_generations(TINY, files)["clip"] == 2 + 2 + 2 + 2 + 5 + 16
+    assert reproduce.planned_generations(TINY, files)["clip"] == 2 + 2 + 2 + 3 + 5 + 16
 
 
 def _clip(experiment, condition, spec, frames, seed=0, settings=TINY):
@@ -123,6 +125,21 @@ def test_report_renders_tables_plot_and_examples(tmp_path):
     text = report.render(results, {"command": "`x`"}, examples, strip=False)
     assert "| motion module smooths the frames |" in text and "**PASS**" in text and "**MISS**" not in text
     assert "not run" in text  # the full finetune is absent
+    assert "at alpha 2" not in text  # no clips at the extra alpha: no table
+
+
+def test_extra_alpha_rows_are_reported_apart_from_the_target():
+    """Clips at an extra MotionLoRA alpha get their own table; the camera target stays on the official alpha."""
+    results = _known_results()
+    size = (TINY.num_frames, TINY.height, TINY.width)
+    for spec in reproduce.camera_specs(TINY):  # at alpha 2 every move reads as static
+        for move in CAMERA_MOVES:
+            results.clips.append(_clip("camera", reproduce.alpha_condition(move, 2.0), spec, world.make_video(spec, *size)))
+    assert all(r["accuracy"] == 0.0 for r in reproduce.camera_table(results, 2.0))
+    assert [r["move"] for r in reproduce.camera_table(results, 2.0)] == list(CAMERA_MOVES)  # no control row
+    assert {t.claim: t.passed for t in reproduce.targets(results)}["MotionLoRA learns camera moves"] is True
+    text = report.render(results, {"command": "`x`"}, [], strip=False)
+    assert "**The same MotionLoRAs at alpha 2** (`--motion-lora MOVE:2`" in text and "accuracy 0 % over 8 moves" in text
 
 
 def test_ablation_row_follows_the_motion_module_row(tmp_path):

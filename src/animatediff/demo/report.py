@@ -360,6 +360,16 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
                    [[r["move"], str(r["clips"]), _f(r["accuracy"], percent=True), _f(r["ceiling"], percent=True),
                      f"{_f(r['value'])} ({_f(r['truth'])})",
                      ", ".join(f"{k} ×{v}" for k, v in r["labels"].items())] for r in cam]), ""]
+    for alpha in s.extra_motion_lora_alphas:
+        stronger = [r for r in reproduce.camera_table(results, alpha) if r["clips"]]
+        if stronger:
+            out += [f"**The same MotionLoRAs at alpha {alpha:g}** (`--motion-lora MOVE:{alpha:g}`; the target above is "
+                    f"measured at the official alpha {s.motion_lora_alpha:g}): accuracy "
+                    f"{_f(reproduce._mean(r['accuracy'] for r in stronger), percent=True)} over {len(stronger)} moves.", "",
+                    _table(["MotionLoRA", "clips", "accuracy", "value (truth)", "estimated labels"],
+                           [[r["move"], str(r["clips"]), _f(r["accuracy"], percent=True),
+                             f"{_f(r['value'])} ({_f(r['truth'])})",
+                             ", ".join(f"{k} ×{v}" for k, v in r["labels"].items())] for r in stronger]), ""]
     combined = reproduce.combined_table(results)
     if combined:
         out += [f"**Two MotionLoRAs combined ({combined['name']})**, {combined['clips']} clips: "

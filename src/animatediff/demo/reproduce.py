@@ -164,7 +164,8 @@ class Settings:
     ceiling_clips: int = 6  # ground-truth clips per move for the estimator's ceiling
     adapter_scales: tuple[float, ...] = (1.0, 0.5, 0.0)
     table_adapter_scale: float = 0.0  # domain adapter in Table 1 / Fig. 7 (0: removed at inference, Fig. 6)
-    motion_lora_alpha: float = 1.0
+    motion_lora_alpha: float = 1.0  # the official configs' MotionLoRA alpha: the camera target's
+    extra_motion_lora_alphas: tuple[float, ...] = (2.0,)  # the same MotionLoRAs stronger (`--motion-lora MOVE:2`)
     lora_scale: float = 1.0  # personal kohya LoRA
     # Fig. 7 efficiency sweeps: MotionLoRAs trained here on one move with the family's own recipe
     sweep_move: str = "ZoomIn"
@@ -360,7 +361,7 @@ def planned_generations(settings: Settings, files: ModelFiles) -> dict[str, int]
     if "adapter" in settings.experiments and files.domain_adapter is not None:
         clips += n * sum(s != settings.table_adapter_scale for s in settings.adapter_scales)
     if "camera" in settings.experiments:
-        clips += m * (1 + len(files.motion_loras))  # no MotionLoRA (control) + each move
+        clips += m * (1 + len(files.motion_loras) * (1 + len(settings.extra_motion_lora_alphas)))  # control + moves
         clips += m if all(move in files.motion_loras for move in COMBINED_MOVES) else 0
     trainings = len(sweep_points(settings)) if "sweeps" in settings.experiments else 0
     clips += m * trainings
@@ -644,6 +645,11 @@ def _camera(runner: _Runner, animator: Animator, results: Results, files: ModelF
         animator.set_loras(adapter=adapter, motion_loras=[(str(files.motion_loras[move]), alpha)])
         for prompt, seed in grid:
             runner.generate(animator, "camera", move, prompt, seed)
+    for extra in settings.extra_motion_lora_alphas:  # a LoRA that learned its move weakly shows it at a higher alpha
+        for move in (m for m in CAMERA_MOVES if m in files.motion_loras):
+            animator.set_loras(adapter=adapter, motion_loras=[(str(files.motion_loras[move]), extra)])
+            for prompt, seed in grid:
+                runner.generate(animator, "camera", alpha_condition(move, extra), prompt, seed)
     name = " + ".join(COMBINED_MOVES)
     if all(move in files.motion_loras for move in COMBINED_MOVES):
         animator.set_loras(adapter=adapter, motion_loras=[(str(files.motion_loras[m]), alpha) for m in COMBINED_MOVES])
@@ -796,12 +802,18 @@ def move_axis(move: str) -> str | None:
     return next((v for k, v in axis.items() if move.startswith(k)), None)
 
 
-def camera_table(results: Results) -> list[dict]:
+def alpha_condition(move: str, alpha: float) -> str:
+    """The camera clips' condition for ``move`` merged at one of ``Settings.extra_motion_lora_alphas``."""
+    return f"{move} @ alpha {alpha:g}"
+
+
+def camera_table(results: Results, alpha: float | None = None) -> list[dict]:
     """Fig. 7: per move the share of clips labelled with that move, the mean value on the move's axis, and the
-    estimator's accuracy on ground-truth clips; plus the no-LoRA control (share labelled "static")."""
+    estimator's accuracy on ground-truth clips; plus the no-LoRA control (share labelled "static").
+    ``alpha``: one of ``Settings.extra_motion_lora_alphas`` (no control row); None: ``motion_lora_alpha``."""
     rows = []
-    for move in ("no MotionLoRA",) + CAMERA_MOVES:
-        clips = results.select("camera", move)
+    for move in (("no MotionLoRA",) if alpha is None else ()) + CAMERA_MOVES:
+        clips = results.select("camera", move if alpha is None else alpha_condition(move, alpha))
         ceiling = results.select("ceiling", move)
         if not clips and not ceiling:
             continue
