@@ -12,7 +12,7 @@ install:
 demo: install  # the bundled demo model (src/animatediff/data/demo): no model flags needed
 	$(PY) -m animatediff generate "a red circle bouncing on a blue striped background" --seed 42 --out $(DEMO)/demo.gif
 
-demo-model: install  # retrain the bundled demo family v2 from nothing (stages measured at 3-3.5 h on 2 CPU cores; resumable)
+demo-model: install  # retrain the bundled demo family v2 from nothing (stages measured at about 4.2 h on 2 CPU cores; resumable)
 	$(PY) -m animatediff.demo.build
 
 reproduce: install  # regenerate docs/reproduction.md on the bundled family (about an hour on 2 CPU cores)
