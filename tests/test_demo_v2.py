@@ -174,3 +174,18 @@ def test_motion_loras_v2_train_on_the_packaged_module_in_a_clone(tmp_path, monke
     assert [stage for stage, _ in calls] == [f"motion-lora-v2-{m}" for m in CAMERA_MOVES]
     assert all(o["motion_module"] == out / "motion_module.safetensors" and
                o["domain_adapter"] == out / "domain_adapter.safetensors" for _, o in calls)
+
+
+def test_repackaging_an_fp16_file_keeps_its_bytes(tmp_path):
+    """package-v2 in a clone re-packages the bundle's own fp16 files: copied byte for byte (re-saving reorders the
+    safetensors header, a binary diff with no change); fp32 run exports are converted."""
+    from safetensors.torch import load_file, save_file
+
+    half, full = tmp_path / "half.safetensors", tmp_path / "full.safetensors"
+    save_file({"a": torch.randn(3, 2).half(), "b": torch.randn(4).half()}, str(half), metadata={"x": "1", "y": "2"})
+    save_file({"a": torch.randn(3, 2)}, str(full))
+    build._fp16_file(half, tmp_path / "out" / "half.safetensors")
+    assert (tmp_path / "out" / "half.safetensors").read_bytes() == half.read_bytes()
+    build._fp16_file(full, tmp_path / "out" / "full.safetensors")
+    assert load_file(str(tmp_path / "out" / "full.safetensors"))["a"].dtype == torch.float16
+    assert build._is_fp16(half) and not build._is_fp16(full) and not build._is_fp16()

@@ -698,6 +698,9 @@ def _fp16_folder(source: Path, target: Path) -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    if _is_fp16(*sorted(source.glob("*/*.safetensors"))):  # re-packaged from a bundle: keep its bytes
+        shutil.copytree(source, target)
+        return
     target.mkdir(parents=True)
     UNet2DConditionModel.from_pretrained(source / "unet").to(torch.float16).save_pretrained(target / "unet")
     AutoencoderKL.from_pretrained(source / "vae").to(torch.float16).save_pretrained(target / "vae")
@@ -705,17 +708,33 @@ def _fp16_folder(source: Path, target: Path) -> None:
     _write_static_parts(target)
 
 
+def _is_fp16(*files: Path) -> bool:
+    """True when there are files and every tensor in them is float16 (read from the safetensors headers)."""
+    from safetensors import safe_open
+
+    if not files:
+        return False
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            if any(f.get_slice(k).get_dtype() != "F16" for k in f.keys()):
+                return False
+    return True
+
+
 def _fp16_file(source: Path, target: Path, convert=None) -> None:
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if convert is None and _is_fp16(source):  # re-packaged from a bundle: keep its bytes (no header reordering)
+        shutil.copyfile(source, target)
+        return
     with safe_open(str(source), "pt") as f:
         metadata = f.metadata() or {}
     state = load_file(str(source))
     if convert is not None:
         state = convert(state)
-    target.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(target), metadata=metadata)
 
 
