@@ -365,7 +365,7 @@ def render(results: Results, header: dict, examples: list[tuple[str, str, str]],
         if stronger:
             out += [f"**The same MotionLoRAs at alpha {alpha:g}** (`--motion-lora MOVE:{alpha:g}`; the target above is "
                     f"measured at the official alpha {s.motion_lora_alpha:g}): accuracy "
-                    f"{_f(reproduce._mean(r['accuracy'] for r in stronger), percent=True)} over {len(stronger)} moves.", "",
+                    f"{_f(float(np.mean([r['accuracy'] for r in stronger])), percent=True)} over {len(stronger)} moves.", "",
                     _table(["MotionLoRA", "clips", "accuracy", "value (truth)", "estimated labels"],
                            [[r["move"], str(r["clips"]), _f(r["accuracy"], percent=True),
                              f"{_f(r['value'])} ({_f(r['truth'])})",
